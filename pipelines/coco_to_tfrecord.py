@@ -1,0 +1,274 @@
+"""COCO instance annotations + images -> sharded TFRecords of (image, class mask).
+
+    python -m pipelines.coco_to_tfrecord --annotations A.json --images DIR --output_dir OUT \\
+        [--classes all|voc|CLASSES.json] [--split train] [--val_fraction 0.0] [--num_shards N] \\
+        [--crowd ignore|class|drop] [--overlap smaller_on_top|ignore] [Beam options]
+
+How it scales: one worker streams the annotation JSON (ijson, never the whole 450 MB document
+in memory) into small keyed elements, images keyed by id and annotations keyed by image id;
+a CoGroupByKey brings each image together with its own annotations, and from there every image
+is independent work spread over the workers. Categories (a few KB) are the only side input.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import images as image_checks
+from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, WriteSegmentationDataset, count,
+                                  error_record, log_summary, make_pipeline)
+from segmodel import masks as mask_lib
+from segmodel.features import build_example
+
+LOG = logging.getLogger(__name__)
+IMAGES, ANNOTATIONS, CATEGORIES = "images", "annotations", "categories"
+
+
+@dataclasses.dataclass(frozen=True)
+class CocoConfig:
+    images_root: str
+    # CONTRACT.md defaults: crowds become "ignore" so the model is never taught that a crowd of
+    # people is background, nor that it is one clean instance.
+    crowd: str = "ignore"
+    # Small objects on top, as in COCO-Stuff and most semantic conversions; "ignore" reproduces
+    # torchvision's reference recipe (overlaps are unlabelled).
+    overlap: str = "smaller_on_top"
+    split: str = "train"
+    # 0: no validation split; a user holding out part of a single JSON sets e.g. 0.05.
+    val_fraction: float = 0.0
+    max_image_pixels: int = image_checks.DEFAULT_MAX_PIXELS
+
+
+def split_for(image_id, val_fraction: float, split: str) -> str:
+    """Deterministic split: a hash of the image id, stable across runs, machines and workers."""
+    if val_fraction <= 0:
+        return split
+    digest = hashlib.sha256(str(image_id).encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2.0 ** 64 < val_fraction else split
+
+
+class StreamCocoFn(beam.DoFn):
+    """annotations JSON path -> images, annotations and categories as separate elements.
+
+    ijson's C backend parses the file as a stream; only the fields the masks need are kept.
+    """
+
+    def process(self, path):
+        import ijson
+
+        def items(prefix):
+            with FileSystems.open(path) as handle:
+                yield from ijson.items(handle, prefix, use_float=True)
+
+        try:
+            for category in items("categories.item"):
+                yield beam.pvalue.TaggedOutput(CATEGORIES, {"id": category["id"], "name": category.get("name")})
+            for image in items("images.item"):
+                try:
+                    record = {"id": image["id"], "file_name": image["file_name"],
+                              "height": int(image["height"]), "width": int(image["width"])}
+                except (KeyError, TypeError, ValueError) as e:
+                    count("images_rejected/malformed_image_record")
+                    yield beam.pvalue.TaggedOutput(ERRORS, error_record(
+                        f"image {image.get('id', '?') if isinstance(image, dict) else '?'}",
+                        "malformed_image_record", f"missing or bad field {e}"))
+                    yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1,
+                                                           "images_rejected/malformed_image_record": 1})
+                    continue
+                yield beam.pvalue.TaggedOutput(IMAGES, (record["id"], record))
+            for ann in items("annotations.item"):
+                try:
+                    record = {"id": ann["id"], "image_id": ann["image_id"], "category_id": ann["category_id"],
+                              "segmentation": ann.get("segmentation"), "iscrowd": int(ann.get("iscrowd", 0))}
+                except (KeyError, TypeError, ValueError) as e:
+                    count("annotations_skipped/malformed_annotation")
+                    yield beam.pvalue.TaggedOutput(ERRORS, error_record(
+                        f"annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'}",
+                        "malformed_annotation", f"missing or bad field {e}"))
+                    yield beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/malformed_annotation": 1})
+                    continue
+                yield beam.pvalue.TaggedOutput(ANNOTATIONS, (record["image_id"], record))
+        except (ijson.JSONError, OSError, ValueError) as e:
+            count("annotation_file_errors")
+            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "malformed_annotation_file", str(e)))
+
+
+def annotation_instances(annotations, height, width, class_table: mask_lib.ClassTable, crowd: str):
+    """Validates one image's annotations: (instances, skipped [(annotation, reason, detail, is_error)])."""
+    instances, skipped = [], []
+    for ann in sorted(annotations, key=lambda a: a["id"]):
+        category = ann["category_id"]
+        if category not in class_table.category_to_index:
+            known = category in class_table.known_category_ids
+            # A category the user left out of --classes is a choice, not an error.
+            skipped.append((ann, "category_not_selected" if known else "unknown_category_id", "", not known))
+            continue
+        if ann["iscrowd"] and crowd == "drop":
+            skipped.append((ann, "crowd_dropped", "", False))
+            continue
+        try:
+            rle = mask_lib.annotation_rle(ann["segmentation"], height, width)
+        except mask_lib.AnnotationError as e:
+            skipped.append((ann, e.reason, e.detail, True))
+            continue
+        instances.append(mask_lib.Instance(ann["id"], class_table.category_to_index[category], rle,
+                                           bool(ann["iscrowd"])))
+    return instances, skipped
+
+
+class CocoExampleFn(beam.DoFn):
+    """(image id, {images, annotations}) -> (split, id, serialized Example) or error records."""
+
+    def __init__(self, config: CocoConfig):
+        self.config = config
+
+    def _reject(self, source, reason, detail="", **extra):
+        count("images_rejected")
+        count(f"images_rejected/{reason}")
+        yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail, **extra))
+        yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
+
+    def process(self, element, class_table):
+        image_id, grouped = element
+        images, annotations = list(grouped[IMAGES]), list(grouped[ANNOTATIONS])
+        if not images:
+            for ann in annotations:
+                count("annotations_skipped/unknown_image_id")
+                yield beam.pvalue.TaggedOutput(ERRORS, error_record(
+                    f"annotation {ann['id']}", "unknown_image_id", f"no image with id {image_id}"))
+            yield beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/unknown_image_id": len(annotations)})
+            return
+        if len(images) > 1:
+            yield from self._reject(f"image {image_id}", "duplicate_image_id",
+                                    f"{len(images)} images share id {image_id}", image_id=image_id)
+            return
+        image = images[0]
+        config = self.config
+        try:
+            path = image_checks.join_under_root(config.images_root, image["file_name"])
+        except image_checks.ImageError as e:
+            yield from self._reject(str(image["file_name"]), e.reason, e.detail, image_id=image_id)
+            return
+        try:
+            with FileSystems.open(path) as handle:
+                data = handle.read()
+        except Exception as e:  # missing, permission, transient storage error after retries
+            reason = "missing_image" if not FileSystems.exists(path) else "unreadable_image"
+            yield from self._reject(path, reason, str(e)[:500], image_id=image_id)
+            return
+        try:
+            fmt, height, width = image_checks.inspect_image(data, config.max_image_pixels)
+        except image_checks.ImageError as e:
+            yield from self._reject(path, e.reason, e.detail, image_id=image_id)
+            return
+        if (height, width) != (image["height"], image["width"]):
+            yield from self._reject(path, "size_mismatch",
+                                    f"file is {width}x{height}, JSON says {image['width']}x{image['height']}",
+                                    image_id=image_id)
+            return
+
+        instances, skipped = annotation_instances(annotations, height, width, class_table, config.crowd)
+        stats = {"images_written": 1, f"images_written/{split_for(image_id, config.val_fraction, config.split)}": 1,
+                 "annotations_used": len(instances)}
+        for ann, reason, detail, is_error in skipped:
+            key = f"annotations_skipped/{reason}"
+            stats[key] = stats.get(key, 0) + 1
+            count(key)
+            if is_error:
+                yield beam.pvalue.TaggedOutput(ERRORS, error_record(
+                    f"annotation {ann['id']}", reason, detail, image_id=image_id, file_name=image["file_name"]))
+        mask = mask_lib.paint_class_mask(height, width, instances, config.crowd, config.overlap)
+        for value, pixels in enumerate(mask_lib.class_pixel_counts(mask)):
+            if pixels:
+                stats[f"pixels/{value}"] = int(pixels)
+        split = split_for(image_id, config.val_fraction, config.split)
+        example = build_example(data, fmt, height, width, image["file_name"], str(image_id),
+                                image_checks.encode_mask_png(mask))
+        count("images_written")
+        count("annotations_used", len(instances))
+        yield beam.pvalue.TaggedOutput(STATS, stats)
+        yield split, str(image_id), example
+
+
+def _class_table(categories, spec):
+    table = mask_lib.build_class_table(categories, spec)
+    # Remember which ids the JSON declares, to tell "not selected" from "unknown".
+    object.__setattr__(table, "known_category_ids", frozenset(int(c["id"]) for c in categories))
+    return table
+
+
+def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output_dir: str,
+                   num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES):
+    parsed = (p
+              | "AnnotationFile" >> beam.Create([annotations])
+              | "StreamCoco" >> beam.ParDo(StreamCocoFn()).with_outputs(
+                  IMAGES, ANNOTATIONS, CATEGORIES, ERRORS, STATS))
+    tables = (parsed[CATEGORIES]
+              | "CollectCategories" >> beam.combiners.ToList()
+              | "ClassTable" >> beam.Map(_class_table, classes_spec))
+    converted = (
+        {IMAGES: parsed[IMAGES] | "ReshuffleImages" >> beam.Reshuffle(),
+         ANNOTATIONS: parsed[ANNOTATIONS]}
+        | "GroupByImage" >> beam.CoGroupByKey()
+        | "BuildExamples" >> beam.ParDo(CocoExampleFn(config), beam.pvalue.AsSingleton(tables)).with_outputs(
+            ERRORS, STATS, main="records"))
+    errors = (parsed[ERRORS], converted[ERRORS]) | "AllErrors" >> beam.Flatten()
+    stats = (parsed[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()
+    return {"records": converted.records, "errors": errors, "stats": stats,
+            "classes": tables | "ClassesJson" >> beam.Map(lambda t: t.to_json())} | WriteSegmentationDataset(
+        output_dir, num_shards, shard_bytes)
+
+
+def parse_classes(value: str):
+    if value in ("all", "voc"):
+        return value
+    with FileSystems.open(value) as handle:
+        return json.loads(handle.read())
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.coco_to_tfrecord", description=__doc__.split("\n\n")[0],
+        epilog="Flags not listed here go to Beam (e.g. --runner DataflowRunner --project P --region R "
+               "--temp_location gs://B/tmp --setup_file ./setup.py).")
+    parser.add_argument("--annotations", required=True, help="COCO instances JSON (local path or gs://)")
+    parser.add_argument("--images", required=True, help="folder the JSON's file_name values are relative to")
+    parser.add_argument("--output_dir", required=True, help="where shards, classes.json, stats.json go")
+    parser.add_argument("--classes", default="all", help="all | voc | CLASSES.json (category id or name -> index)")
+    parser.add_argument("--split", default="train", help="name of the main split (shard file prefix)")
+    parser.add_argument("--val_fraction", type=float, default=0.0,
+                        help="fraction of images (by a hash of the id) written as val-*.tfrecord")
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="shards per split; 0 (default): about 128 MB per shard")
+    parser.add_argument("--crowd", choices=mask_lib.CROWD_MODES, default="ignore")
+    parser.add_argument("--overlap", choices=mask_lib.OVERLAP_MODES, default="smaller_on_top")
+    parser.add_argument("--max_image_pixels", type=int, default=image_checks.DEFAULT_MAX_PIXELS,
+                        help="larger images are rejected as decompression bombs")
+    return parser
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+    known, beam_args = make_parser().parse_known_args(argv)
+    if not 0.0 <= known.val_fraction < 1.0:
+        raise SystemExit("--val_fraction must be in [0, 1)")
+    config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
+                        val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
+    started = time.time()
+    p = make_pipeline(beam_args, test_pipeline, save_main_session)
+    build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards)
+    result = p.run()
+    result.wait_until_finish()
+    log_summary("coco_to_tfrecord", result, started)
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

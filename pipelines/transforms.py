@@ -1,0 +1,228 @@
+"""What the Beam jobs share: pipeline creation, dead letters, counters, atomic writes and the
+sharded segmentation-dataset writer."""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import time
+import uuid
+import zlib
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+LOG = logging.getLogger(__name__)
+NAMESPACE = "segpipe"
+ERRORS = "errors"
+STATS = "stats"
+# ~128 MB per shard: large enough that GCS and tf.data read efficiently (the TFRecord guide
+# suggests 100-200 MB), small enough for many shards to spread over Dataflow workers and
+# tf.data's parallel interleave.
+DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
+
+
+def make_pipeline(beam_args, test_pipeline=None, save_main_session=True) -> beam.Pipeline:
+    """A Pipeline from the flags the entry point did not know.
+
+    With no ``--runner`` (or ``--runner DirectRunner``) this runs Beam's in-process FnApiRunner
+    directly: the stock DirectRunner first tries to download the Prism runner binary from
+    GitHub, which on an offline machine costs a failed request and an error in the log. The
+    FnApiRunner honours ``--direct_num_workers`` and ``--direct_running_mode``.
+    """
+    if test_pipeline is not None:
+        return test_pipeline
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    runner = options.view_as(StandardOptions).runner
+    if runner in (None, "DirectRunner", "direct", "FnApiRunner"):
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def error_record(source: str, reason: str, detail: str = "", **extra) -> dict:
+    record = {"source": source, "reason": reason}
+    if detail:
+        record["detail"] = detail
+    record.update(extra)
+    return record
+
+
+def count(name: str, value: int = 1) -> None:
+    Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Writes through a temporary name and renames, so no reader sees half a file."""
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temp, mime_type=mime_type) as handle:
+        handle.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+
+
+def write_json(path: str, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), "application/json")
+
+
+class SumCountersFn(beam.CombineFn):
+    """Sums flat {name: int} dicts: the per-image statistics deltas."""
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, acc, delta):
+        acc.update(delta)
+        return acc
+
+    def merge_accumulators(self, accs):
+        total = collections.Counter()
+        for acc in accs:
+            total.update(acc)
+        return total
+
+    def extract_output(self, acc):
+        return dict(acc)
+
+
+def stats_document(counters: dict, class_names, extra=None) -> dict:
+    """Flat counters (``images_written/train``, ``annotations_skipped/<reason>``, ``pixels/<i>``, ...)
+    -> the stats.json document."""
+    def group(prefix):
+        return {k.split("/", 1)[1]: v for k, v in sorted(counters.items()) if k.startswith(prefix + "/")}
+
+    pixels = group("pixels")
+    per_class = {}
+    for index_str, value in sorted(pixels.items(), key=lambda kv: int(kv[0])):
+        index = int(index_str)
+        name = "ignore" if index == 255 else (class_names[index] if index < len(class_names) else f"class_{index}")
+        per_class[name] = value
+    doc = {
+        "images_written": counters.get("images_written", 0),
+        "images_written_by_split": group("images_written"),
+        "images_rejected": counters.get("images_rejected", 0),
+        "images_rejected_by_reason": group("images_rejected"),
+        "annotations_used": counters.get("annotations_used", 0),
+        "annotations_skipped": group("annotations_skipped"),
+        "pixels_per_class": per_class,
+    }
+    doc.update(extra or {})
+    return doc
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
+
+
+class WriteShardFn(beam.DoFn):
+    """Writes one shard ((split, index, total), [(source_id, record), ...]) atomically."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def process(self, element):
+        from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
+        (split, index, total), records = element
+        path = FileSystems.join(self.output_dir, shard_name(split, index, total))
+        temp = f"{path}.tmp-{uuid.uuid4().hex}"
+        written = 0
+        with FileSystems.create(temp) as handle:
+            # Sorted by source id: the same inputs give byte-identical shards on every run.
+            for _, record in sorted(r for r in records if r is not None):
+                _TFRecordUtil.write_record(handle, record)
+                written += 1
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([temp], [path])
+        count("shards_written")
+        yield path
+
+
+def _shard_count(total_bytes: int, num_shards: int, shard_bytes: int) -> int:
+    if num_shards:
+        return num_shards
+    return max(1, math.ceil(total_bytes / shard_bytes))
+
+
+def _assign_shard(element, shard_counts):
+    split, source_id, record = element
+    total = shard_counts[split]
+    # A stable hash of the id (Python's hash() is salted per process).
+    index = zlib.crc32(str(source_id).encode()) % total
+    return (split, index, total), (str(source_id), record)
+
+
+def _all_shard_keys(split_total):
+    split, total = split_total
+    return [((split, i, total), None) for i in range(total)]
+
+
+class WriteSegmentationDataset(beam.PTransform):
+    """Writes the dataset side of a conversion job.
+
+    Inputs (a dict of PCollections):
+      ``records``: (split, source_id, serialized Example);
+      ``errors``: error dicts (one per rejected input);
+      ``stats``: flat counter dicts, summed into stats.json;
+      ``classes``: a single classes.json document.
+    Writes ``<split>-SSSSS-of-NNNNN.tfrecord`` shards of about ``shard_bytes`` each (or exactly
+    ``num_shards`` per split), ``errors.jsonl``, ``stats.json`` and ``classes.json``.
+    """
+
+    def __init__(self, output_dir: str, num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES):
+        super().__init__()
+        self.output_dir = output_dir
+        self.num_shards = num_shards
+        self.shard_bytes = shard_bytes
+
+    def expand(self, inputs):
+        records, errors, stats, classes = inputs["records"], inputs["errors"], inputs["stats"], inputs["classes"]
+        out = self.output_dir
+        shard_counts = (
+            records
+            | "RecordBytes" >> beam.Map(lambda r: (r[0], len(r[2])))
+            | "BytesPerSplit" >> beam.CombinePerKey(sum)
+            | "ShardsPerSplit" >> beam.MapTuple(
+                lambda split, size: (split, _shard_count(size, self.num_shards, self.shard_bytes))))
+        keyed = records | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsDict(shard_counts))
+        # Every shard key is emitted once, so a shard that no record hashed to is still written
+        # (empty) and the -of-NNNNN names stay truthful.
+        empty = shard_counts | "AllShardKeys" >> beam.FlatMap(_all_shard_keys)
+        shards = ((keyed, empty) | "WithEmptyShards" >> beam.Flatten()
+                  | "GroupShards" >> beam.GroupByKey()
+                  | "WriteShards" >> beam.ParDo(WriteShardFn(out)))
+
+        _ = (errors
+             | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
+             | "WriteErrors" >> beam.io.WriteToText(FileSystems.join(out, "errors"), file_name_suffix=".jsonl",
+                                                   num_shards=1, shard_name_template=""))
+        totals = stats | "SumStats" >> beam.CombineGlobally(SumCountersFn())
+        _ = (classes
+             | "WriteClasses" >> beam.Map(lambda doc: write_json(FileSystems.join(out, "classes.json"), doc)))
+        _ = (totals
+             | "WriteStats" >> beam.Map(
+                 lambda counters, classes_doc: write_json(
+                     FileSystems.join(out, "stats.json"),
+                     stats_document(counters, [c["name"] for c in classes_doc["classes"]])),
+                 beam.pvalue.AsSingleton(classes)))
+        return shards
+
+
+def log_summary(job: str, result, started: float) -> dict:
+    """Logs one line: the job's counters and elapsed time; returns the counters."""
+    counters = {}
+    try:
+        for c in result.metrics().query()["counters"]:
+            if c.key.metric.namespace == NAMESPACE:
+                counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
+    except Exception:  # some runners (a dry run) have no metrics
+        pass
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+    LOG.info("%s finished in %.1fs: %s", job, time.time() - started, summary or "no counters")
+    print(f"{job}: {summary or 'no counters'} ({time.time() - started:.1f}s)")
+    return counters

@@ -1,0 +1,249 @@
+"""COCO instance annotations -> one per-pixel class-id mask (NumPy + pycocotools only).
+
+The rules are the ones in CONTRACT.md section 1:
+
+* 0 is background, 255 (``IGNORE_INDEX``) is "ignore", never a class;
+* polygons, uncompressed RLE and compressed RLE are rasterized by pycocotools
+  (``frPyObjects`` + ``merge`` + ``decode``), exactly as ``COCO.annToMask`` does;
+* non-crowd instances are painted largest first (ties: ascending annotation id), so
+  small objects end up on top;
+* crowd regions become 255 where no painted instance covers them (``crowd="ignore"``),
+  are painted like instances (``"class"``) or are dropped (``"drop"``);
+* ``overlap="ignore"`` turns pixels covered by two or more painted instances into 255.
+
+Everything that could crash or exhaust pycocotools' C code (NaN, 1e9 coordinates whose
+perimeter it allocates for, RLE counts that overrun the buffer) is rejected *before* it
+reaches pycocotools, with a reason string that the pipelines count and report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+IGNORE_INDEX = 255
+BACKGROUND_INDEX = 0
+# 255 is reserved, 0 is background: at most 254 real classes fit in an 8-bit mask.
+MAX_CLASSES = 254
+
+CROWD_MODES = ("ignore", "class", "drop")
+OVERLAP_MODES = ("smaller_on_top", "ignore")
+
+# The 20 PASCAL VOC categories by COCO id, in VOC index order (CONTRACT.md; torchvision's
+# references/segmentation/coco_utils.py uses the same list).
+VOC_COCO_IDS = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
+VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+             "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+             "train", "tvmonitor")
+
+
+class AnnotationError(ValueError):
+    """An annotation that cannot be rasterized; ``reason`` is a short snake_case key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """One annotation, validated and encoded as a single compressed RLE."""
+    annotation_id: int
+    class_index: int
+    rle: dict
+    iscrowd: bool
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_polygon(coords: Sequence, height: int, width: int) -> np.ndarray:
+    if not isinstance(coords, (list, tuple)) or not all(_is_number(v) for v in coords):
+        raise AnnotationError("malformed_segmentation", "a polygon must be a list of numbers")
+    arr = np.asarray(coords, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise AnnotationError("non_finite_coordinates", "NaN or infinite polygon coordinate")
+    if arr.size % 2:
+        raise AnnotationError("malformed_segmentation", "odd number of polygon coordinates")
+    # pycocotools' rasterizer allocates memory proportional to the polygon's perimeter in
+    # pixels; one coordinate of 1e9 takes the process down. Real exports overshoot the border
+    # by a few pixels; anything more than one image size outside is a broken annotation.
+    margin = max(height, width)
+    xs, ys = arr[0::2], arr[1::2]
+    if (xs.min() < -margin or xs.max() > width + margin
+            or ys.min() < -margin or ys.max() > height + margin):
+        raise AnnotationError("coordinates_out_of_range",
+                              f"polygon reaches beyond one image size outside {width}x{height}")
+    return arr
+
+
+def compressed_rle_length(counts) -> int:
+    """Total pixel count encoded by a COCO compressed-RLE string (pycocotools' rleFrString).
+
+    pycocotools does not check that the counts add up to height*width before writing them
+    into an h*w buffer, so a bad string is a buffer overrun; this decodes the counts alone.
+    """
+    if isinstance(counts, str):
+        counts = counts.encode("ascii", errors="replace")
+    runs, pos = [], 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(counts):
+                raise AnnotationError("malformed_rle", "compressed RLE ends inside a count")
+            char = counts[pos] - 48
+            if char < 0 or char > 63:
+                raise AnnotationError("malformed_rle", "invalid character in compressed RLE")
+            value |= (char & 0x1F) << (5 * shift)
+            more = bool(char & 0x20)
+            pos += 1
+            shift += 1
+            if not more and (char & 0x10):
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:  # counts after the third are stored as deltas to the one two back
+            value += runs[-2]
+        if value < 0:
+            raise AnnotationError("malformed_rle", "negative run length in compressed RLE")
+        runs.append(value)
+    return sum(runs)
+
+
+def annotation_rle(segmentation, height: int, width: int) -> dict:
+    """Validates one COCO ``segmentation`` and returns it as a single compressed RLE.
+
+    Accepts a list of polygons, one flat polygon ``[x1, y1, ...]``, an uncompressed RLE
+    (``counts`` as a list of ints) or a compressed RLE (``counts`` as a string).
+    Parts of a multi-part polygon with fewer than 3 points are left out (pycocotools would
+    read a 4-number part as a box); if none is left the annotation is rejected.
+    """
+    if segmentation is None or (isinstance(segmentation, (list, dict)) and len(segmentation) == 0):
+        raise AnnotationError("empty_segmentation")
+    if isinstance(segmentation, list):
+        polygons = [segmentation] if all(_is_number(v) for v in segmentation) else segmentation
+        kept = []
+        for polygon in polygons:
+            arr = _check_polygon(polygon, height, width)
+            if arr.size >= 6:
+                kept.append(arr.tolist())
+        if not kept:
+            raise AnnotationError("polygon_under_3_points")
+        return mask_utils.merge(mask_utils.frPyObjects(kept, height, width))
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or [int(v) if _is_number(v) else None for v in size] != [height, width]):
+            raise AnnotationError("rle_size_mismatch", f"RLE size {size} != image size [{height}, {width}]")
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                raise AnnotationError("malformed_rle", "uncompressed RLE counts must be non-negative ints")
+            total = sum(counts)
+            if total != height * width:
+                raise AnnotationError("rle_length_mismatch", f"RLE covers {total} pixels, image has {height * width}")
+            return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        if isinstance(counts, (str, bytes)):
+            total = compressed_rle_length(counts)
+            if total != height * width:
+                raise AnnotationError("rle_length_mismatch", f"RLE covers {total} pixels, image has {height * width}")
+            data = counts.encode("ascii") if isinstance(counts, str) else counts
+            return {"size": [height, width], "counts": data}
+        raise AnnotationError("malformed_rle", "RLE counts must be a list of ints or a string")
+    raise AnnotationError("malformed_segmentation", f"unsupported segmentation type {type(segmentation).__name__}")
+
+
+def paint_class_mask(height: int, width: int, instances: Iterable[Instance],
+                     crowd: str = "ignore", overlap: str = "smaller_on_top") -> np.ndarray:
+    """Paints validated instances into an (height, width) uint8 class-id mask."""
+    if crowd not in CROWD_MODES:
+        raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
+    if overlap not in OVERLAP_MODES:
+        raise ValueError(f"overlap must be one of {OVERLAP_MODES}, got {overlap!r}")
+    instances = list(instances)
+    painted = [i for i in instances if not i.iscrowd or crowd == "class"]
+    crowds = [i for i in instances if i.iscrowd and crowd == "ignore"]
+
+    mask = np.zeros((height, width), dtype=np.uint8)
+    covered = np.zeros((height, width), dtype=np.uint8)  # how many painted instances cover a pixel
+    if painted:
+        areas = mask_utils.area([i.rle for i in painted])
+        order = sorted(range(len(painted)), key=lambda k: (-int(areas[k]), painted[k].annotation_id))
+        for k in order:
+            pixels = mask_utils.decode(painted[k].rle).astype(bool)
+            mask[pixels] = painted[k].class_index
+            covered[pixels] = np.minimum(covered[pixels] + 1, 2)
+    if overlap == "ignore":
+        mask[covered >= 2] = IGNORE_INDEX
+    if crowds:
+        crowd_pixels = mask_utils.decode(mask_utils.merge([i.rle for i in crowds])).astype(bool)
+        mask[crowd_pixels & (covered == 0)] = IGNORE_INDEX
+    return mask
+
+
+def class_pixel_counts(mask: np.ndarray) -> np.ndarray:
+    """Pixel count per mask value 0..255."""
+    return np.bincount(mask.ravel(), minlength=256)
+
+
+# --- class tables ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ClassTable:
+    """Which COCO category becomes which mask index, and the names that go to classes.json."""
+    category_to_index: dict  # COCO category id -> mask index (0..254 or 255)
+    names: tuple  # names[i] is the name of mask index i; names[0] == "background"
+    coco_ids: tuple  # coco_ids[i]: the COCO category id of index i, or None
+
+    def to_json(self) -> dict:
+        classes = []
+        for index, name in enumerate(self.names):
+            entry = {"index": index, "name": name}
+            if self.coco_ids[index] is not None:
+                entry["coco_id"] = self.coco_ids[index]
+            classes.append(entry)
+        return {"ignore_index": IGNORE_INDEX, "classes": classes}
+
+
+def build_class_table(categories: Sequence[dict], spec="all") -> ClassTable:
+    """Class table for ``--classes all|voc|<mapping>``.
+
+    ``spec`` is ``"all"``, ``"voc"`` or a user mapping (the parsed CLASSES.json) from category id
+    (int or decimal string) or name to mask index.
+    """
+    by_id = {int(c["id"]): c for c in categories}
+    if spec == "all":
+        ids = sorted(by_id)
+        if len(ids) > MAX_CLASSES:
+            raise ValueError(f"{len(ids)} categories do not fit an 8-bit mask; pass --classes FILE")
+        names = ("background",) + tuple(str(by_id[i].get("name", i)) for i in ids)
+        return ClassTable({cid: k + 1 for k, cid in enumerate(ids)}, names, (None,) + tuple(ids))
+    if spec == "voc":
+        names = ("background",) + tuple(
+            str(by_id[cid].get("name", VOC_NAMES[k])) if cid in by_id else VOC_NAMES[k]
+            for k, cid in enumerate(VOC_COCO_IDS))
+        return ClassTable({cid: k + 1 for k, cid in enumerate(VOC_COCO_IDS)}, names, (None,) + VOC_COCO_IDS)
+    if isinstance(spec, dict):
+        by_name = {str(c.get("name")): int(c["id"]) for c in categories}
+        mapping = {}
+        for key, index in spec.items():
+            index = int(index)
+            if not (0 <= index <= MAX_CLASSES or index == IGNORE_INDEX):
+                raise ValueError(f"class index {index} for {key!r} must be 0..{MAX_CLASSES} or {IGNORE_INDEX}")
+            if str(key) in by_name:
+                mapping[by_name[str(key)]] = index
+            elif str(key).lstrip("-").isdigit():
+                mapping[int(key)] = index
+            else:
+                raise ValueError(f"--classes mapping names unknown category {key!r}")
+        top = max([i for i in mapping.values() if i != IGNORE_INDEX], default=0)
+        names, ids = ["background"], [None]
+        for index in range(1, top + 1):
+            members = sorted(cid for cid, i in mapping.items() if i == index)
+            names.append("+".join(str(by_id[c].get("name", c)) if c in by_id else str(c) for c in members)
+                         or f"class_{index}")
+            ids.append(members[0] if len(members) == 1 else None)
+        return ClassTable(mapping, tuple(names), tuple(ids))
+    raise ValueError(f"--classes must be all, voc or a mapping, got {spec!r}")
