@@ -54,50 +54,70 @@ def split_for(image_id, val_fraction: float, split: str) -> str:
     return "val" if int.from_bytes(digest[:8], "big") / 2.0 ** 64 < val_fraction else split
 
 
-class StreamCocoFn(beam.DoFn):
-    """annotations JSON path -> images, annotations and categories as separate elements.
+def stream_coco(path: str):
+    """Yields (section, object) for the categories, images and annotations of a COCO JSON.
 
-    ijson's C backend parses the file as a stream; only the fields the masks need are kept.
+    ijson's C backend streams the file, so a 450 MB train JSON is never held parsed in memory.
+    Strict JSON has no NaN or Infinity, but exporters written in Python emit them; ijson stops
+    there, so the rest of such a file is read with Python's json module (which accepts them,
+    and lets the validation downstream reject those coordinates one annotation at a time).
     """
+    import ijson
+    sections = ("categories", "images", "annotations")
+    emitted = dict.fromkeys(sections, 0)
+    try:
+        for section in sections:
+            with FileSystems.open(path) as handle:
+                for obj in ijson.items(handle, f"{section}.item", use_float=True):
+                    emitted[section] += 1
+                    yield section, obj
+    except ijson.JSONError as e:
+        LOG.warning("%s is not strict JSON (%s); reading it whole with Python's json module", path, e)
+        with FileSystems.open(path) as handle:
+            document = json.loads(handle.read())
+        for section in sections:
+            for obj in (document.get(section) or [])[emitted[section]:]:
+                yield section, obj
+
+
+class StreamCocoFn(beam.DoFn):
+    """annotations JSON path -> images, annotations and categories as separate keyed elements,
+    keeping only the fields the masks need."""
+
+    def _malformed(self, kind, obj, error, stats_key):
+        count(stats_key)
+        ident = obj.get("id", "?") if isinstance(obj, dict) else "?"
+        yield beam.pvalue.TaggedOutput(ERRORS, error_record(f"{kind} {ident}", stats_key.split("/")[-1],
+                                                            f"missing or bad field {error}"))
+        stats = {stats_key: 1}
+        if kind == "image":
+            stats["images_rejected"] = 1
+        yield beam.pvalue.TaggedOutput(STATS, stats)
 
     def process(self, path):
-        import ijson
-
-        def items(prefix):
-            with FileSystems.open(path) as handle:
-                yield from ijson.items(handle, prefix, use_float=True)
-
         try:
-            for category in items("categories.item"):
-                yield beam.pvalue.TaggedOutput(CATEGORIES, {"id": category["id"], "name": category.get("name")})
-            for image in items("images.item"):
-                try:
-                    record = {"id": image["id"], "file_name": image["file_name"],
-                              "height": int(image["height"]), "width": int(image["width"])}
-                except (KeyError, TypeError, ValueError) as e:
-                    count("images_rejected/malformed_image_record")
-                    yield beam.pvalue.TaggedOutput(ERRORS, error_record(
-                        f"image {image.get('id', '?') if isinstance(image, dict) else '?'}",
-                        "malformed_image_record", f"missing or bad field {e}"))
-                    yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1,
-                                                           "images_rejected/malformed_image_record": 1})
-                    continue
-                yield beam.pvalue.TaggedOutput(IMAGES, (record["id"], record))
-            for ann in items("annotations.item"):
-                try:
-                    record = {"id": ann["id"], "image_id": ann["image_id"], "category_id": ann["category_id"],
-                              "segmentation": ann.get("segmentation"), "iscrowd": int(ann.get("iscrowd", 0))}
-                except (KeyError, TypeError, ValueError) as e:
-                    count("annotations_skipped/malformed_annotation")
-                    yield beam.pvalue.TaggedOutput(ERRORS, error_record(
-                        f"annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'}",
-                        "malformed_annotation", f"missing or bad field {e}"))
-                    yield beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/malformed_annotation": 1})
-                    continue
-                yield beam.pvalue.TaggedOutput(ANNOTATIONS, (record["image_id"], record))
-        except (ijson.JSONError, OSError, ValueError) as e:
+            for section, obj in stream_coco(path):
+                if section == "categories":
+                    yield beam.pvalue.TaggedOutput(CATEGORIES, {"id": obj["id"], "name": obj.get("name")})
+                elif section == "images":
+                    try:
+                        record = {"id": obj["id"], "file_name": obj["file_name"],
+                                  "height": int(obj["height"]), "width": int(obj["width"])}
+                    except (KeyError, TypeError, ValueError) as e:
+                        yield from self._malformed("image", obj, e, "images_rejected/malformed_image_record")
+                        continue
+                    yield beam.pvalue.TaggedOutput(IMAGES, (record["id"], record))
+                else:
+                    try:
+                        record = {"id": obj["id"], "image_id": obj["image_id"], "category_id": obj["category_id"],
+                                  "segmentation": obj.get("segmentation"), "iscrowd": int(obj.get("iscrowd", 0))}
+                    except (KeyError, TypeError, ValueError) as e:
+                        yield from self._malformed("annotation", obj, e, "annotations_skipped/malformed_annotation")
+                        continue
+                    yield beam.pvalue.TaggedOutput(ANNOTATIONS, (record["image_id"], record))
+        except (OSError, ValueError) as e:
             count("annotation_file_errors")
-            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "malformed_annotation_file", str(e)))
+            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "malformed_annotation_file", str(e)[:500]))
 
 
 def annotation_instances(annotations, height, width, class_table: mask_lib.ClassTable, crowd: str):

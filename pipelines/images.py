@@ -85,3 +85,23 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(
         buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def glob_root(pattern: str) -> str:
+    """The part of a glob before its first wildcard, up to the last '/' (``data/*/x.png`` -> ``data/``)."""
+    cut = len(pattern)
+    for char in "*?[":
+        position = pattern.find(char)
+        if position != -1:
+            cut = min(cut, position)
+    return pattern[: pattern.rfind("/", 0, cut) + 1] if "/" in pattern[:cut] else ""
+
+
+def relative_to(path: str, root: str) -> str:
+    if root and path.startswith(root):
+        return path[len(root):]
+    return posixpath.basename(path)
+
+
+def stem(path: str) -> str:
+    return posixpath.splitext(posixpath.basename(path))[0]

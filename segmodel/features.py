@@ -39,7 +39,8 @@ def build_example(image_bytes: bytes, image_format: str, height: int, width: int
         MASK_ENCODED: _bytes(mask_png),
         MASK_FORMAT: _bytes(b"png"),
     }))
-    return example.SerializeToString()
+    # deterministic: map fields in a fixed order, so re-runs give byte-identical shards.
+    return example.SerializeToString(deterministic=True)
 
 
 def feature_spec():

@@ -1,0 +1,247 @@
+"""Image + mask pairs (KITTI road, satellite label rasters) -> sharded TFRecords.
+
+    python -m pipelines.masks_to_tfrecord --images GLOB --masks GLOB --output_dir OUT \\
+        --mask_colors COLORS.json [--split train] [--num_shards N] \\
+        [--image_key_regex R] [--mask_key_regex R] [Beam options]
+
+Pairing rule: each file's name without folder and extension (its stem) is matched against a
+regular expression; the groups it captures, joined with "_", are the pair key (a named group
+``key`` is used alone when present). The defaults take the whole stem, so ``a.jpg`` pairs with
+``a.png``. KITTI road pairs ``um_000002.png`` with ``um_road_000002.png``:
+``--image_key_regex '^(.+)_(\\d+)$' --mask_key_regex '^(.+)_road_(\\d+)$'``.
+An image without a mask, a mask without an image, or two files with one key are error records.
+
+COLORS.json: ``{"classes": ["not_road", "road"], "colors": [{"color": [255, 0, 255], "index": 1},
+{"color": [255, 0, 0], "index": 0}, {"color": [0, 0, 0], "index": 255}]}``; a color is an RGB
+triple or a single-channel value (grey or palette index); ``"default": 255`` maps every other
+color, otherwise a mask with an unlisted color is rejected (a wrong mapping should fail loudly).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import logging
+import re
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import images as image_checks
+from pipelines.transforms import (ERRORS, STATS, WriteSegmentationDataset, count, error_record, log_summary,
+                                  make_pipeline)
+from segmodel.features import build_example
+from segmodel.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
+
+LOG = logging.getLogger(__name__)
+IMAGE, MASK = "image", "mask"
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorMap:
+    """Mask colors -> class indices, as read from COLORS.json."""
+    colors: tuple  # ((color tuple, index), ...); a color has 3 values (RGB) or 1 (single channel)
+    names: tuple
+    default: int | None = None
+
+    @property
+    def channels(self) -> int:
+        return len(self.colors[0][0])
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "ColorMap":
+        entries = doc.get("colors")
+        if entries is None:  # the short form {"255,0,255": 1, ...}
+            entries = [{"color": [int(v) for v in str(k).split(",")], "index": v}
+                       for k, v in doc.items() if k not in ("classes", "default")]
+        colors = []
+        for entry in entries:
+            color = entry["color"]
+            color = tuple(int(v) for v in (color if isinstance(color, (list, tuple)) else [color]))
+            index = int(entry["index"])
+            if not (0 <= index <= MAX_CLASSES or index == IGNORE_INDEX):
+                raise ValueError(f"class index {index} must be 0..{MAX_CLASSES} or {IGNORE_INDEX}")
+            colors.append((color, index))
+        if not colors or len({len(c) for c, _ in colors}) != 1 or len(colors[0][0]) not in (1, 3):
+            raise ValueError("COLORS.json needs colors that are all RGB triples or all single values")
+        top = max([i for _, i in colors if i != IGNORE_INDEX], default=0)
+        names = list(doc.get("classes") or [])
+        names += [("background" if i == 0 else f"class_{i}") for i in range(len(names), top + 1)]
+        default = doc.get("default")
+        return cls(tuple(colors), tuple(names), None if default is None else int(default))
+
+    def classes_json(self) -> dict:
+        return {"ignore_index": IGNORE_INDEX,
+                "classes": [{"index": i, "name": n} for i, n in enumerate(self.names)]}
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """[H, W, C] or [H, W] mask colors -> [H, W] uint8 class ids; raises on unlisted colors."""
+        raw = raw.reshape(raw.shape[0], raw.shape[1], -1).astype(np.int64)
+        codes = raw[..., 0]
+        for c in range(1, raw.shape[2]):
+            codes = codes * 65536 + raw[..., c]
+        table = {}
+        for color, index in self.colors:
+            code = 0
+            for v in color:
+                code = code * 65536 + v
+            table[code] = index
+        unique, inverse = np.unique(codes, return_inverse=True)
+        mapped = np.empty(len(unique), dtype=np.uint8)
+        for k, code in enumerate(unique):
+            if int(code) in table:
+                mapped[k] = table[int(code)]
+            elif self.default is not None:
+                mapped[k] = self.default
+            else:
+                values = [int(code) // 65536 ** p % 65536 for p in reversed(range(raw.shape[2]))]
+                raise image_checks.ImageError("unmapped_mask_color", f"color {values} is not in COLORS.json")
+        return mapped[inverse.reshape(codes.shape)]
+
+
+def pair_key(path: str, pattern: re.Pattern) -> str | None:
+    match = pattern.match(image_checks.stem(path))
+    if match is None:
+        return None
+    if "key" in match.groupdict():
+        return match.group("key")
+    return "_".join(match.groups()) if match.groups() else match.group(0)
+
+
+class KeyFileFn(beam.DoFn):
+    def __init__(self, kind: str, regex: str):
+        self.kind, self.regex = kind, regex
+
+    def setup(self):
+        self.pattern = re.compile(self.regex)
+
+    def process(self, path):
+        key = pair_key(path, self.pattern)
+        if key is None:
+            count("images_rejected")
+            count("images_rejected/no_pair_key")
+            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "no_pair_key",
+                                                                f"{self.kind} name does not match {self.regex!r}"))
+            yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, "images_rejected/no_pair_key": 1})
+            return
+        yield key, path
+
+
+class PairExampleFn(beam.DoFn):
+    """(key, {image: [path], mask: [path]}) -> (split, key, serialized Example) or an error."""
+
+    def __init__(self, color_map: ColorMap, split: str, images_root: str,
+                 max_pixels: int = image_checks.DEFAULT_MAX_PIXELS):
+        self.color_map, self.split, self.images_root, self.max_pixels = color_map, split, images_root, max_pixels
+
+    def _reject(self, source, reason, detail=""):
+        count("images_rejected")
+        count(f"images_rejected/{reason}")
+        yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail))
+        yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
+
+    def process(self, element):
+        key, grouped = element
+        image_paths, mask_paths = sorted(grouped[IMAGE]), sorted(grouped[MASK])
+        if len(image_paths) != 1 or len(mask_paths) != 1:
+            if not image_paths:
+                reason, source = "mask_without_image", mask_paths[0]
+            elif not mask_paths:
+                reason, source = "image_without_mask", image_paths[0]
+            else:
+                reason, source = "ambiguous_pair", image_paths[0]
+            yield from self._reject(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}")
+            return
+        image_path, mask_path = image_paths[0], mask_paths[0]
+        try:
+            with FileSystems.open(image_path) as handle:
+                data = handle.read()
+            fmt, height, width = image_checks.inspect_image(data, self.max_pixels)
+            with FileSystems.open(mask_path) as handle:
+                mask_data = handle.read()
+            image_checks.inspect_image(mask_data, self.max_pixels)
+            from PIL import Image
+            with Image.open(io.BytesIO(mask_data)) as mask_image:
+                if self.color_map.channels == 3:
+                    mask_image = mask_image.convert("RGB")
+                raw = np.asarray(mask_image)
+            if raw.shape[:2] != (height, width):
+                raise image_checks.ImageError(
+                    "size_mismatch", f"mask {raw.shape[1]}x{raw.shape[0]} != image {width}x{height}")
+            mask = self.color_map.apply(raw)
+        except image_checks.ImageError as e:
+            yield from self._reject(f"{image_path} + {mask_path}", e.reason, e.detail)
+            return
+        except OSError as e:
+            yield from self._reject(f"{image_path} + {mask_path}", "unreadable_image", str(e)[:500])
+            return
+        stats = {"images_written": 1, f"images_written/{self.split}": 1}
+        for value, pixels in enumerate(class_pixel_counts(mask)):
+            if pixels:
+                stats[f"pixels/{value}"] = int(pixels)
+        example = build_example(data, fmt, height, width, image_checks.relative_to(image_path, self.images_root),
+                                key, image_checks.encode_mask_png(mask))
+        count("images_written")
+        yield beam.pvalue.TaggedOutput(STATS, stats)
+        yield self.split, key, example
+
+
+def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, split="train", num_shards=0,
+                   image_key_regex=r"^(?P<key>.+)$", mask_key_regex=r"^(?P<key>.+)$"):
+    def keyed(kind, glob, regex):
+        return (p
+                | f"Match{kind.title()}s" >> fileio.MatchFiles(glob)
+                | f"{kind.title()}Paths" >> beam.Map(lambda m: m.path)
+                | f"Key{kind.title()}s" >> beam.ParDo(KeyFileFn(kind, regex)).with_outputs(ERRORS, STATS, main="keyed"))
+
+    images, masks = keyed(IMAGE, images_glob, image_key_regex), keyed(MASK, masks_glob, mask_key_regex)
+    converted = ({IMAGE: images.keyed, MASK: masks.keyed}
+                 | "PairByKey" >> beam.CoGroupByKey()
+                 | "BuildExamples" >> beam.ParDo(
+                     PairExampleFn(color_map, split, image_checks.glob_root(images_glob))).with_outputs(
+                         ERRORS, STATS, main="records"))
+    errors = (images[ERRORS], masks[ERRORS], converted[ERRORS]) | "AllErrors" >> beam.Flatten()
+    stats = (images[STATS], masks[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()
+    classes = p | "Classes" >> beam.Create([color_map.classes_json()])
+    return ({"records": converted.records, "errors": errors, "stats": stats, "classes": classes}
+            | WriteSegmentationDataset(output_dir, num_shards))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.masks_to_tfrecord", description=__doc__.split("\n\n")[0],
+        epilog="Flags not listed here go to Beam.")
+    parser.add_argument("--images", required=True, help="glob of images (local or gs://)")
+    parser.add_argument("--masks", required=True, help="glob of label masks (PNG)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--mask_colors", required=True, help="COLORS.json: mask color -> class index")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num_shards", type=int, default=0, help="0 (default): about 128 MB per shard")
+    parser.add_argument("--image_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for image stems")
+    parser.add_argument("--mask_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for mask stems")
+    return parser
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+    known, beam_args = make_parser().parse_known_args(argv)
+    with FileSystems.open(known.mask_colors) as handle:
+        color_map = ColorMap.from_json(json.loads(handle.read()))
+    for regex in (known.image_key_regex, known.mask_key_regex):
+        re.compile(regex)
+    started = time.time()
+    p = make_pipeline(beam_args, test_pipeline, save_main_session)
+    build_pipeline(p, known.images, known.masks, color_map, known.output_dir, known.split, known.num_shards,
+                   known.image_key_regex, known.mask_key_regex)
+    result = p.run()
+    result.wait_until_finish()
+    log_summary("masks_to_tfrecord", result, started)
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
