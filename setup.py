@@ -6,6 +6,8 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp]>=2.60,<3",
     "tensorflow>=2.16,<3",
     "keras>=3.3,<4",
+    # Training logs; TensorFlow 2.21 no longer pulls it in.
+    "tensorboard>=2.16,<3",
     "pycocotools>=2.0.7,<3",
     "pillow>=10.0,<14",
     "google-cloud-storage>=2.14,<4",

@@ -65,3 +65,26 @@ def upload_tree(local: Path, gs_prefix: str) -> None:
         if path.is_file():
             with FileSystems.create(f"{gs_prefix}/{path.relative_to(local).as_posix()}") as handle:
                 handle.write(path.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory):
+    """48 generated demo scenes (192x256) converted by coco_to_tfrecord, 1/4 held out as val."""
+    from pipelines import coco_to_tfrecord, demo_data
+    root = tmp_path_factory.mktemp("demo")
+    annotations = demo_data.write_coco_dataset(str(root / "coco"), 48, seed=3)
+    coco_to_tfrecord.run(["--annotations", annotations, "--images", str(root / "coco/images"),
+                          "--output_dir", str(root / "records"), "--val_fraction", "0.25"])
+    return root / "records"
+
+
+@pytest.fixture(scope="session")
+def trained_model(demo_dataset, tmp_path_factory):
+    """The tiny FCN-8s trained on demo_dataset (about a minute on 2 cores): (model_dir, history)."""
+    from segmodel import train
+    model_dir = tmp_path_factory.mktemp("model")
+    os.environ.setdefault("SEGPIPE_VERBOSE", "2")
+    history = train.main(["--train_data", str(demo_dataset / "train-*.tfrecord"),
+                          "--val_data", str(demo_dataset / "val-*.tfrecord"),
+                          "--model_dir", str(model_dir), "--config", "tiny"])
+    return model_dir, history

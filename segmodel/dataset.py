@@ -1,0 +1,70 @@
+"""TFRecord shards (CONTRACT.md section 1) -> tf.data pipelines for training and evaluation."""
+from __future__ import annotations
+
+import json
+import logging
+
+import tensorflow as tf
+
+from segmodel import preprocess
+from segmodel.features import decode_record
+
+LOG = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def list_shards(pattern: str) -> list:
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord shards match {pattern!r}")
+    return files
+
+
+def _records(pattern: str, shuffle: bool, seed=None):
+    files = list_shards(pattern)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # Read several shards at once: on GCS each stream is latency-bound, and mixing shards also
+    # mixes the examples before the shuffle buffer.
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
+                         deterministic=not shuffle)
+
+
+def training_dataset(pattern: str, batch_size: int, crop_size=(512, 512), min_scale=0.5, max_scale=2.0,
+                     jitter=1.0, shuffle_buffer=256, seed=None) -> tf.data.Dataset:
+    """Endless, shuffled, augmented batches: (float images [B, h, w, 3] 0..255, uint8 masks [B, h, w, 1])."""
+    ds = _records(pattern, shuffle=True, seed=seed).shuffle(shuffle_buffer, seed=seed).repeat()
+    ds = ds.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(lambda image, mask: preprocess.augment(image, mask, crop_size, min_scale, max_scale, jitter),
+                num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def evaluation_dataset(pattern: str) -> tf.data.Dataset:
+    """Every image once, at full size, in file order: batches of one (uint8 image, uint8 mask)."""
+    ds = _records(pattern, shuffle=False)
+    return ds.map(decode_record, num_parallel_calls=AUTOTUNE).batch(1).prefetch(AUTOTUNE)
+
+
+def dataset_dir(pattern: str) -> str:
+    return pattern.rsplit("/", 1)[0] if "/" in pattern else "."
+
+
+def read_json_beside(pattern: str, name: str):
+    path = f"{dataset_dir(pattern)}/{name}"
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def count_examples(pattern: str) -> int:
+    """Images in the shards: from stats.json beside them when it covers this split (free), else
+    by reading every record once."""
+    stats = read_json_beside(pattern, "stats.json")
+    split = pattern.rsplit("/", 1)[-1].split("-")[0]
+    if stats and split in stats.get("images_written_by_split", {}):
+        return int(stats["images_written_by_split"][split])
+    LOG.info("counting the records of %s (no stats.json for split %r)", pattern, split)
+    return int(_records(pattern, shuffle=False).reduce(0, lambda n, _: n + 1))

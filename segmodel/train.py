@@ -1,0 +1,192 @@
+"""Train an FCN on segmentation TFRecords.
+
+    python -m segmodel.train --train_data 'OUT/train-*.tfrecord' [--val_data 'OUT/val-*.tfrecord'] \\
+        --model_dir MODEL [--config tiny|paper] [--arch fcn8s|fcn16s|fcn32s] \\
+        [--backbone_weights imagenet|none|PATH] [--image_size 512] [--batch_size 8] [--epochs 50] ...
+
+One code path for the CPU, one GPU and several: ``tf.distribute.MirroredStrategy`` over the
+visible GPUs (or the CPU), ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several
+machines. MODEL/ gets: ``backup/`` (every epoch; a re-run resumes from it after a kill),
+``best.keras`` (best validation mean IoU), ``logs/`` (TensorBoard), ``history.csv``,
+``classes.json`` and the exported ``model.keras``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+
+LOG = logging.getLogger(__name__)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from segmodel.config import PRESETS, TrainConfig
+    parser = argparse.ArgumentParser(prog="python -m segmodel.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train_data", required=True, help="glob of training shards (local or gs://)")
+    parser.add_argument("--val_data", default="", help="glob of validation shards; enables best-model selection")
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--config", choices=sorted(PRESETS), default="paper",
+                        help="preset of defaults; flags given explicitly override it")
+    for field in dataclasses.fields(TrainConfig):
+        kind = {"bool": lambda v: v.lower() in ("1", "true", "yes")}.get(field.type, None) or \
+            {"int": int, "float": float, "str": str}[field.type]
+        parser.add_argument(f"--{field.name}", type=kind, default=None, help=f"default {field.default!r}")
+    return parser
+
+
+def config_from_args(args) -> "TrainConfig":
+    from segmodel.config import PRESETS, TrainConfig
+    values = dict(PRESETS[args.config])
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                   if getattr(args, f.name) is not None})
+    return TrainConfig(**values)
+
+
+def make_strategy():
+    import tensorflow as tf
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    if sum(len(v) for v in tf_config.get("cluster", {}).values()) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+def is_chief() -> bool:
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
+                                                    and "chief" not in tf_config.get("cluster", {}))
+
+
+def set_precision(policy: str) -> str:
+    import keras
+    import tensorflow as tf
+    if policy == "auto":
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    keras.mixed_precision.set_dtype_policy(policy)
+    return policy
+
+
+def make_optimizer(config, total_steps: int):
+    import keras
+    lr = config.learning_rate
+    if config.schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(lr, max(total_steps, 1), end_learning_rate=0.0, power=0.9)
+    elif config.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, max(total_steps, 1))
+    elif config.schedule != "constant":
+        raise ValueError(f"schedule must be poly, cosine or constant, got {config.schedule!r}")
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=decay)
+    if config.optimizer == "adam":
+        return keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
+    raise ValueError(f"optimizer must be sgd or adam, got {config.optimizer!r}")
+
+
+class StepBudget:
+    """Keras callback factory: stops training once the optimizer has taken ``max_steps`` steps
+    (counted across resumes, since the optimizer's iteration count is checkpointed)."""
+
+    @staticmethod
+    def make(max_steps: int):
+        import keras
+
+        class _StepBudget(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if int(self.model.optimizer.iterations.numpy()) >= max_steps:
+                    self.model.stop_training = True
+
+        return _StepBudget()
+
+
+def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=()) -> dict:
+    import keras
+    import tensorflow as tf
+
+    import segmodel  # noqa: F401  (registers custom objects)
+    from segmodel import dataset, fcn
+    from segmodel.losses import MaskedCrossEntropy, class_weights_from_stats
+    from segmodel.metrics import ConfusionMatrixMetric
+
+    keras.utils.set_random_seed(config.seed)
+    policy = set_precision(config.mixed_precision)
+    classes = dataset.read_json_beside(train_data, "classes.json")
+    if classes is None:
+        raise FileNotFoundError(f"classes.json not found beside {train_data}")
+    num_classes = len(classes["classes"])
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(f"{model_dir}/classes.json", "w") as handle:
+        json.dump(classes, handle, indent=2)
+
+    strategy = make_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"--batch_size {config.batch_size} must be a multiple of the {replicas} replicas")
+    examples = dataset.count_examples(train_data)
+    steps_per_epoch = config.steps_per_epoch or max(1, examples // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    LOG.info("training %s on %d images, %d steps/epoch, %d steps, %d replicas, %s", config.arch, examples,
+             steps_per_epoch, total_steps, replicas, policy)
+
+    train_ds = dataset.training_dataset(train_data, config.batch_size, (config.image_size, config.image_size),
+                                        config.min_scale, config.max_scale, config.jitter, seed=config.seed)
+    # Repeated, with validation_steps: Keras keeps one iterator across epochs.
+    val_ds = dataset.evaluation_dataset(val_data).repeat() if val_data else None
+    val_steps = dataset.count_examples(val_data) if val_data else None
+    weights = None
+    if config.class_weights:
+        weights = class_weights_from_stats(f"{dataset.dataset_dir(train_data)}/stats.json", num_classes)
+    with strategy.scope():
+        model = fcn.build_fcn(config.arch, num_classes, width=config.width, fc_units=config.fc_units,
+                              dropout=config.dropout, batch_norm=config.batch_norm,
+                              skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0),
+                              backbone_weights=config.backbone_weights,
+                              normalization=config.normalization or "imagenet")
+        model.compile(optimizer=make_optimizer(config, total_steps), loss=MaskedCrossEntropy(class_weights=weights),
+                      metrics=[ConfusionMatrixMetric(num_classes)])
+
+    chief = is_chief()
+    scratch = model_dir if chief else f"{model_dir}/worker-tmp-{os.getpid()}"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(f"{model_dir}/backup", save_freq="epoch", delete_checkpoint=False),
+        keras.callbacks.TensorBoard(f"{scratch}/logs"),
+        keras.callbacks.CSVLogger(f"{scratch}/history.csv", append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.max_steps:
+        callbacks.append(StepBudget.make(config.max_steps))
+    best_path = f"{scratch}/best.keras"
+    if val_ds is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_mean_iou", mode="max",
+                                                         save_best_only=True))
+    callbacks.extend(extra_callbacks)  # after the backup, so they see a saved epoch
+    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
+                        validation_steps=val_steps, callbacks=callbacks, verbose=int(os.environ.get("SEGPIPE_VERBOSE", "1")))
+    if chief:
+        final = model
+        if val_ds is not None and tf.io.gfile.exists(best_path):
+            final = keras.models.load_model(best_path, compile=False)
+        fcn.export_model(final, f"{model_dir}/model.keras", config.export_layout)
+        with tf.io.gfile.GFile(f"{model_dir}/train_config.json", "w") as handle:
+            json.dump(dataclasses.asdict(config), handle, indent=2)
+        LOG.info("exported %s/model.keras", model_dir)
+    return {k: [float(x) for x in v] for k, v in history.history.items()}
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = make_parser().parse_args(argv)
+    history = train(args.train_data, args.model_dir, config_from_args(args), args.val_data)
+    if history.get("val_mean_iou"):
+        print(f"best validation mean IoU: {max(history['val_mean_iou']):.4f}")
+    return history
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
