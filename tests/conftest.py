@@ -86,5 +86,5 @@ def trained_model(demo_dataset, tmp_path_factory):
     os.environ.setdefault("SEGPIPE_VERBOSE", "2")
     history = train.main(["--train_data", str(demo_dataset / "train-*.tfrecord"),
                           "--val_data", str(demo_dataset / "val-*.tfrecord"),
-                          "--model_dir", str(model_dir), "--config", "tiny"])
+                          "--model_dir", str(model_dir), "--config", "tiny", "--epochs", "30"])
     return model_dir, history

@@ -1,0 +1,50 @@
+"""tf.data pipeline: paired augmentation keeps image and mask aligned; evaluation is full size."""
+import numpy as np
+import tensorflow as tf
+
+from segmodel import dataset, preprocess
+
+
+def blocky_pair(seed, h=96, w=120, block=12):
+    """An image of flat color blocks and a mask *derived from its pixels* (class = red // 64)."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, (h // block + 1, w // block + 1, 3)).astype(np.uint8)
+    image = grid.repeat(block, 0).repeat(block, 1)[:h, :w]
+    mask = (image[..., :1] // 64).astype(np.uint8)
+    return image, mask
+
+
+def test_crop_flip_and_pad_keep_the_mask_derived_from_the_image():
+    tf.random.set_seed(0)
+    image, mask = blocky_pair(0)
+    for _ in range(20):
+        out_image, out_mask = preprocess.augment(tf.constant(image), tf.constant(mask), (128, 112),
+                                                 min_scale=1.0, max_scale=1.0, jitter=0.0)
+        out_image, out_mask = out_image.numpy(), out_mask.numpy()[..., 0]
+        assert out_image.shape == (128, 112, 3) and out_mask.dtype == np.uint8
+        padded = out_mask == 255
+        assert padded.sum() >= (128 - 96) * 112  # the crop is taller than the image: padded with 255
+        derived = (out_image[..., 0] // 64).astype(np.uint8)
+        assert np.array_equal(out_mask[~padded], derived[~padded])
+        assert np.all(out_image[padded] == 0)
+
+
+def test_scaling_resizes_masks_with_nearest_neighbour_and_stays_aligned():
+    tf.random.set_seed(1)
+    image, mask = blocky_pair(1)
+    for _ in range(10):
+        out_image, out_mask = preprocess.augment(tf.constant(image), tf.constant(mask), (64, 64), 0.5, 2.0, 0.0)
+        out_mask = out_mask.numpy()[..., 0]
+        valid = out_mask != 255
+        assert set(np.unique(out_mask[valid])) <= set(np.unique(mask))  # no invented labels
+        agreement = np.mean(out_mask[valid] == (out_image.numpy()[..., 0][valid] // 64))
+        assert agreement > 0.9  # only pixels on block edges can differ (bilinear image vs nearest mask)
+
+
+def test_training_batches_and_full_size_evaluation(demo_dataset):
+    batch = next(iter(dataset.training_dataset(str(demo_dataset / "train-*.tfrecord"), 4, (64, 80))))
+    assert batch[0].shape == (4, 64, 80, 3) and batch[1].shape == (4, 64, 80, 1)
+    images = list(dataset.evaluation_dataset(str(demo_dataset / "val-*.tfrecord")))
+    assert len(images) == dataset.count_examples(str(demo_dataset / "val-*.tfrecord"))
+    assert all(image.shape == (1, 192, 256, 3) and mask.shape == (1, 192, 256, 1) for image, mask in images)
+    assert images[0][0].dtype == tf.uint8
