@@ -1,0 +1,150 @@
+"""Reading input images window by window (JPEG/PNG via Pillow, GeoTIFF via rasterio) and writing
+masks (PNG, or a tiled, compressed, Cloud-Optimized GeoTIFF keeping the input's CRS/transform)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import shutil
+import tempfile
+import uuid
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import images as image_checks
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    source: str  # the input path or URI
+    rel: str  # path relative to the input glob's root, without extension
+    kind: str  # "image" (JPEG/PNG) or "geotiff"
+    height: int
+    width: int
+    crs: str | None = None
+    transform: tuple | None = None
+    bands: tuple = (1, 2, 3)
+    scale: tuple | None = None  # per-band (low, high) for non-uint8 rasters
+    nodata: float | None = None
+
+
+def is_geotiff(path: str) -> bool:
+    return path.lower().endswith(GEOTIFF_SUFFIXES)
+
+
+@contextlib.contextmanager
+def local_file(path: str):
+    """A local path for ``path``: itself, or a streamed temporary copy of a remote object."""
+    if "://" not in path:
+        yield path
+        return
+    handle, local = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+    try:
+        with FileSystems.open(path) as src, os.fdopen(handle, "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+        yield local
+    finally:
+        os.unlink(local)
+
+
+def choose_bands(count: int, bands: str | None) -> tuple:
+    """``--bands`` '4,3,2' (1-based) or the default: the first three, or band 1 three times."""
+    if bands:
+        chosen = tuple(int(b) for b in bands.split(","))
+        if len(chosen) == 1:
+            chosen = chosen * 3
+        if len(chosen) != 3 or not all(1 <= b <= count for b in chosen):
+            raise image_checks.ImageError("bad_bands", f"--bands {bands} does not name 3 of {count} bands")
+        return chosen
+    return (1, 2, 3) if count >= 3 else (1, 1, 1)
+
+
+def open_geotiff(path: str, local: str, rel: str, bands: str | None) -> ImageInfo:
+    import rasterio
+    from rasterio.enums import Resampling
+    try:
+        src = rasterio.open(local)
+    except Exception as e:  # rasterio raises RasterioIOError and friends
+        raise image_checks.ImageError("unreadable_image", str(e)[:300]) from None
+    with src:
+        chosen = choose_bands(src.count, bands)
+        scale = None
+        if src.dtypes[0] != "uint8":
+            # Non-8-bit rasters (16-bit, float reflectance) are stretched per band between the
+            # 2nd and 98th percentile of a decimated read: robust to outliers and to nodata.
+            small = (max(1, src.height // 16), max(1, src.width // 16))
+            scale = []
+            for band in chosen:
+                data = src.read(band, out_shape=small, resampling=Resampling.nearest, masked=True)
+                values = data.compressed() if np.ma.isMaskedArray(data) else data.ravel()
+                values = values[np.isfinite(values)]
+                low, high = (np.percentile(values, [2, 98]) if values.size else (0.0, 1.0))
+                scale.append((float(low), float(high) if high > low else float(low) + 1.0))
+            scale = tuple(scale)
+        return ImageInfo(path, rel, "geotiff", src.height, src.width, src.crs.to_string() if src.crs else None,
+                         tuple(src.transform)[:6], chosen, scale, src.nodata)
+
+
+def read_window(local: str, info: ImageInfo, row: int, col: int, height: int, width: int):
+    """uint8 RGB [h, w, 3] and a valid-pixel mask [h, w] (False where the raster is nodata)."""
+    import rasterio
+    from rasterio.windows import Window
+    with rasterio.open(local) as src:
+        window = Window(col, row, width, height)
+        data = src.read(list(info.bands), window=window).transpose(1, 2, 0)
+        valid = src.read_masks(list(set(info.bands)), window=window).min(axis=0) > 0
+    if info.scale is not None:
+        low = np.array([s[0] for s in info.scale], np.float32)
+        high = np.array([s[1] for s in info.scale], np.float32)
+        data = np.clip((data.astype(np.float32) - low) / (high - low) * 255.0, 0, 255)
+        valid &= np.all(np.isfinite(data), axis=-1)
+        data = np.nan_to_num(data)
+    return data.astype(np.uint8), valid
+
+
+def write_png(path: str, mask: np.ndarray) -> None:
+    from pipelines.transforms import write_atomic
+    write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
+
+
+def write_geotiff_mask(path: str, info: ImageInfo, blocks, block: int, colormap: dict) -> str:
+    """Writes mask blocks [(block_row, block_col, uint8 array)] window by window into a tiled
+    GeoTIFF with the input's CRS and transform, converts it to a Cloud-Optimized GeoTIFF and
+    moves it to ``path`` atomically. Returns a local copy's path for further reading (deleted
+    by the caller)."""
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+    workdir = tempfile.mkdtemp(prefix="segpipe-mask-")
+    plain = os.path.join(workdir, "plain.tif")
+    profile = dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype="uint8",
+                   crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=255,
+                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    with rasterio.open(plain, "w", **profile) as dst:
+        for br, bc, data in blocks:
+            dst.write(data[None], window=Window(bc * block, br * block, data.shape[1], data.shape[0]))
+        dst.write_colormap(1, colormap)
+    cog = os.path.join(workdir, "cog.tif")
+    try:
+        rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
+    except Exception:  # a GDAL without the COG driver: the tiled GeoTIFF is still valid
+        cog = plain
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(cog, "rb") as src, FileSystems.create(temp, mime_type="image/tiff") as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+    return cog
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    fmt, _, _ = image_checks.inspect_image(data, max_pixels)
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))

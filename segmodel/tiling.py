@@ -1,0 +1,81 @@
+"""Windows over a large image and the blending that stitches per-tile scores back seamlessly.
+
+Tiles of ``tile`` pixels overlap by ``overlap``; the last tile in each direction is moved back so
+it ends at the image edge (every tile of one image has the same shape, so tiles batch together,
+and no tile reaches outside the image). Each tile's class probabilities are weighted by a ramp
+that is 1 in the tile's centre and falls linearly over ``overlap`` pixels towards its edges, so
+in an overlap the tile that sees more context dominates and there is no seam. The output is cut
+into ``block`` x ``block`` blocks that can be stitched independently (and in parallel).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    if stride <= 0:
+        raise ValueError(f"tile_overlap {overlap} must be smaller than tile_size {tile}")
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return sorted(set(starts))
+
+
+def tile_windows(height: int, width: int, tile: int, overlap: int) -> list:
+    """[(row, col, tile_height, tile_width)] covering the image."""
+    th, tw = min(tile, height), min(tile, width)
+    return [(r, c, th, tw) for r in tile_starts(height, tile, overlap) for c in tile_starts(width, tile, overlap)]
+
+
+def blend_weights(tile_height: int, tile_width: int, overlap: int) -> np.ndarray:
+    """[th, tw] float32 weights, 1 in the centre, ramping down over ``overlap`` pixels, never 0."""
+    def ramp(n):
+        if overlap <= 0:
+            return np.ones(n, np.float32)
+        i = np.arange(n, dtype=np.float32)
+        return np.minimum(1.0, (np.minimum(i, n - 1 - i) + 1.0) / (overlap + 1.0))
+    return np.outer(ramp(tile_height), ramp(tile_width)).astype(np.float32)
+
+
+def blocks_of_window(row: int, col: int, th: int, tw: int, block: int):
+    """Yields (block_row, block_col, window-relative slice, block-relative slice) for every output
+    block the window intersects."""
+    for br in range(row // block, (row + th - 1) // block + 1):
+        for bc in range(col // block, (col + tw - 1) // block + 1):
+            r0, r1 = max(row, br * block), min(row + th, (br + 1) * block)
+            c0, c1 = max(col, bc * block), min(col + tw, (bc + 1) * block)
+            yield (br, bc, (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)),
+                   (slice(r0 - br * block, r1 - br * block), slice(c0 - bc * block, c1 - bc * block)))
+
+
+def block_shape(br: int, bc: int, height: int, width: int, block: int):
+    return min(block, height - br * block), min(block, width - bc * block)
+
+
+def column_runs(binary: np.ndarray) -> list:
+    """COCO uncompressed-RLE counts of a [h, w] binary array in column-major order (zeros first)."""
+    flat = np.asarray(binary, dtype=bool).ravel(order="F")
+    if flat.size == 0:
+        return [0]
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def merge_runs(runs: list, more: list) -> list:
+    """Concatenates two column-major run lists (both starting with a zeros run)."""
+    if not runs:
+        return list(more)
+    runs = list(runs)
+    # runs alternate zeros/ones starting with zeros; whether the last run is ones depends on parity
+    last_is_ones = len(runs) % 2 == 0
+    if last_is_ones:
+        if more[0] == 0:  # `more` starts with ones: extend
+            runs[-1] += more[1] if len(more) > 1 else 0
+            return runs + list(more[2:])
+        return runs + list(more)
+    runs[-1] += more[0]
+    return runs + list(more[1:])
