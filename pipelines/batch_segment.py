@@ -361,7 +361,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="glob of JPEG/PNG/GeoTIFF inputs (local or gs://)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--tile_size", type=int, default=512)
-    parser.add_argument("--tile_overlap", type=int, default=64)
+    parser.add_argument("--tile_overlap", type=int, default=None,
+                        help="pixels shared by neighbouring tiles; default min(64, tile_size // 4)")
     parser.add_argument("--batch_size", type=int, default=8, help="tiles per model call")
     parser.add_argument("--bands", default=None, help="GeoTIFF bands as RGB, 1-based, e.g. 4,3,2")
     parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
@@ -374,6 +375,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
+    if known.tile_overlap is None:
+        known.tile_overlap = min(64, known.tile_size // 4)
     if not 0 <= known.tile_overlap < known.tile_size:
         raise SystemExit("--tile_overlap must be in [0, tile_size)")
     config = SegmentConfig(known.model, known.output_dir.rstrip("/"), read_class_names(known.model), known.tile_size,

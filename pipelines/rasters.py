@@ -96,7 +96,9 @@ def read_window(local: str, info: ImageInfo, row: int, col: int, height: int, wi
     with rasterio.open(local) as src:
         window = Window(col, row, width, height)
         data = src.read(list(info.bands), window=window).transpose(1, 2, 0)
-        valid = src.read_masks(list(set(info.bands)), window=window).min(axis=0) > 0
+        # GDAL's dataset mask: a pixel is nodata only where every band says so (a dark pixel in
+        # one band of a real scene is still data).
+        valid = src.dataset_mask(window=window) > 0
     if info.scale is not None:
         low = np.array([s[0] for s in info.scale], np.float32)
         high = np.array([s[1] for s in info.scale], np.float32)

@@ -1,0 +1,180 @@
+"""batch_segment end to end with real components: a real Keras model, real files, real GCS emulator."""
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+import segmodel  # noqa: F401
+from pipelines import batch_segment, coco_to_tfrecord
+from segmodel import fcn, layers, tiling
+from tests.conftest import upload_tree
+from tests.helpers import read_records
+from tests.test_coco_to_tfrecord import dataflow_args, staged_pipeline_transforms
+
+NAMES = ["background", "road", "building", "water"]
+
+
+@pytest.fixture(scope="module")
+def pointwise_model(tmp_path_factory):
+    """A position-independent model (1x1 convolutions only) with the exported model's interface."""
+    model_dir = tmp_path_factory.mktemp("pointwise")
+    images = keras.Input((None, None, 3))
+    x = layers.Normalize("imagenet")(images)
+    x = keras.layers.Conv2D(16, 1, activation="relu", kernel_initializer=keras.initializers.RandomNormal(seed=1))(x)
+    scores = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.RandomNormal(seed=2),
+                                 bias_initializer=keras.initializers.Constant([0.5, 0.0, 0.0, 0.0]))(x)
+    model = keras.Model(images, scores)
+    fcn.export_model(model, str(model_dir / "model.keras"))
+    (model_dir / "classes.json").write_text(json.dumps(
+        {"ignore_index": 255, "classes": [{"index": i, "name": n} for i, n in enumerate(NAMES)]}))
+    return model_dir, model
+
+
+def random_image(path, h, w, seed):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    image = coarse.repeat(8, 0).repeat(8, 1)[:h, :w]
+    Image.fromarray(image).save(path)
+    return image
+
+
+def segment(model_dir, pattern, out, *extra):
+    return batch_segment.run(["--model", str(model_dir), "--input", str(pattern), "--output_dir", str(out), *extra])
+
+
+def test_masks_match_a_single_pass_on_odd_tiny_and_multi_tile_images(pointwise_model, tmp_path):
+    model_dir, model = pointwise_model
+    inputs = tmp_path / "in"
+    (inputs / "nested").mkdir(parents=True)
+    images = {"odd": random_image(inputs / "odd.png", 333, 257, 0),
+              "tiny": random_image(inputs / "tiny.png", 7, 10, 1),
+              "nested/wide": random_image(inputs / "nested/wide.png", 90, 301, 2)}
+    segment(model_dir, f"{inputs}/**", tmp_path / "out", "--tile_size", "64", "--tile_overlap", "16",
+            "--batch_size", "5")
+    for rel, image in images.items():
+        mask = np.asarray(Image.open(tmp_path / "out/masks" / f"{rel}.png"))
+        assert mask.shape == image.shape[:2] and mask.dtype == np.uint8
+        single_pass = np.asarray(model(image[None].astype("float32"))).argmax(-1)[0]
+        assert np.array_equal(mask, single_pass), rel
+    summary = [json.loads(line) for line in (tmp_path / "out/summary.jsonl").read_text().splitlines()]
+    assert len(summary) == 3
+    assert [s["review_priority"] for s in summary] == sorted((s["review_priority"] for s in summary), reverse=True)
+    for line in summary:
+        assert set(line) == {"input", "mask", "height", "width", "class_fraction", "mean_confidence",
+                             "review_priority"}
+        assert abs(sum(line["class_fraction"].values()) - 1) < 1e-6 and 0 < line["mean_confidence"] <= 1
+    assert (tmp_path / "out/errors.jsonl").read_text() == ""
+
+
+def test_blending_is_seamless_for_position_dependent_models():
+    """Blend weights never vanish and the tiles cover every pixel."""
+    windows = tiling.tile_windows(1000, 777, 256, 32)
+    covered = np.zeros((1000, 777))
+    for r, c, th, tw in windows:
+        covered[r:r + th, c:c + tw] += tiling.blend_weights(th, tw, 32)
+    assert covered.min() > 0
+
+
+def test_labels_coco_decode_to_the_masks_and_round_trip_through_coco_to_tfrecord(pointwise_model, tmp_path):
+    model_dir, _ = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(3):
+        random_image(inputs / f"img{k}.png", 40 + 9 * k, 70 - 5 * k, 10 + k)
+    out = tmp_path / "out"
+    segment(model_dir, f"{inputs}/*.png", out, "--tile_size", "32", "--tile_overlap", "8", "--overlays")
+    coco = COCO(str(out / "labels_coco.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == NAMES[1:]
+    for image_id, info in coco.imgs.items():
+        mask = np.asarray(Image.open(out / "masks" / info["file_name"].replace(".png", ".png")))
+        rebuilt = np.zeros_like(mask)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            decoded = coco.annToMask(ann).astype(bool)
+            assert ann["area"] == decoded.sum() and 0 < ann["score"] <= 1 and ann["iscrowd"] == 0
+            rebuilt[decoded] = ann["category_id"]
+        assert np.array_equal(rebuilt, mask)
+        assert (out / "overlays" / info["file_name"].replace(".png", ".jpg")).exists()
+    coco_to_tfrecord.run(["--annotations", str(out / "labels_coco.json"), "--images", str(inputs),
+                          "--output_dir", str(tmp_path / "records")])
+    records = read_records(str(tmp_path / "records/train-*.tfrecord"))
+    assert len(records) == 3
+    for image_id, info in coco.imgs.items():
+        assert np.array_equal(records[str(image_id)]["mask"],
+                              np.asarray(Image.open(out / "masks" / info["file_name"])))
+
+
+def test_geotiff_keeps_crs_transform_and_nodata(pointwise_model, tmp_path, testdata):
+    import rasterio
+    model_dir, model = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "32")
+    with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src, \
+            rasterio.open(tmp_path / "out/masks/landsat.tif") as dst:
+        assert (dst.width, dst.height) == (src.width, src.height) == (791, 718)
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert dst.count == 1 and dst.dtypes[0] == "uint8" and dst.nodata == 255
+        assert dst.profile.get("compress", "").lower() == "deflate" and dst.profile.get("tiled")
+        assert dst.colormap(1)[1][:3] == batch_segment.class_color(1)
+        mask = dst.read(1)
+        image = src.read().transpose(1, 2, 0)
+        nodata = src.dataset_mask() == 0
+    assert np.all(mask[nodata] == 255) and nodata.any()
+    expected = np.asarray(model(image[None].astype("float32"))).argmax(-1)[0]
+    assert np.array_equal(mask[~nodata], expected[~nodata])
+    summary = json.loads((tmp_path / "out/summary.jsonl").read_text())
+    assert summary["mask"].endswith("masks/landsat.tif") and summary["height"] == 718
+
+
+def test_skip_existing_and_error_records(pointwise_model, tmp_path):
+    model_dir, _ = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(3):
+        random_image(inputs / f"img{k}.png", 30, 40, k)
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    first = segment(model_dir, f"{inputs}/*.png", out, "--tile_size", "32")
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["source"].rsplit("/", 1)[-1], e["reason"]) for e in errors] == [("broken.png", "corrupt_image")]
+    (out / "masks/img1.png").unlink()
+    before = (out / "masks/img0.png").stat().st_mtime_ns
+    result = segment(model_dir, f"{inputs}/*.png", out, "--tile_size", "32", "--skip_existing")
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    assert counters.get("images_skipped") == 2 and counters.get("images_segmented") == 1
+    assert (out / "masks/img0.png").stat().st_mtime_ns == before and (out / "masks/img1.png").exists()
+    assert len((out / "summary.jsonl").read_text().splitlines()) == 3
+    assert len(json.loads((out / "labels_coco.json").read_text())["images"]) == 3
+    del first
+
+
+def test_gcs_model_inputs_and_outputs_through_the_emulator(pointwise_model, tmp_path, gcs_bucket):
+    from apache_beam.io.filesystems import FileSystems
+    model_dir, model = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = random_image(inputs / "a.png", 50, 60, 5)
+    prefix = f"gs://{gcs_bucket}/segment"
+    upload_tree(inputs, f"{prefix}/in")
+    upload_tree(model_dir, f"{prefix}/model")
+    segment(f"{prefix}/model", f"{prefix}/in/*.png", f"{prefix}/out", "--tile_size", "32")
+    with FileSystems.open(f"{prefix}/out/masks/a.png") as handle:
+        import io
+        mask = np.asarray(Image.open(io.BytesIO(handle.read())))
+    assert np.array_equal(mask, np.asarray(model(image[None].astype("float32"))).argmax(-1)[0])
+    assert FileSystems.exists(f"{prefix}/out/labels_coco.json") and FileSystems.exists(f"{prefix}/out/summary.jsonl")
+
+
+def test_batch_segment_dataflow_job_builds_offline(pointwise_model, tmp_path, gcs_bucket):
+    model_dir, _ = pointwise_model
+    upload_tree(model_dir, f"gs://{gcs_bucket}/df-model")
+    batch_segment.run(["--model", f"gs://{gcs_bucket}/df-model", "--input", f"gs://{gcs_bucket}/tiles/*.tif",
+                       "--output_dir", f"gs://{gcs_bucket}/df-out", *dataflow_args(gcs_bucket, tmp_path)])
+    names = staged_pipeline_transforms(tmp_path / "template.json")
+    assert {"ExpandTiles", "RunInference", "StitchBlocks", "WriteMasks", "Assemble"} <= {n.split("/")[0] for n in names}
