@@ -355,7 +355,7 @@ def read_class_names(model: str) -> tuple:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.batch_segment", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Flags not listed here go to Beam.")
     parser.add_argument("--model", required=True, help="MODEL dir with model.keras and classes.json (local or gs://)")
     parser.add_argument("--input", required=True, help="glob of JPEG/PNG/GeoTIFF inputs (local or gs://)")

@@ -255,7 +255,7 @@ def parse_classes(value: str):
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.coco_to_tfrecord", description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0],
         epilog="Flags not listed here go to Beam (e.g. --runner DataflowRunner --project P --region R "
                "--temp_location gs://B/tmp --setup_file ./setup.py).")
     parser.add_argument("--annotations", required=True, help="COCO instances JSON (local path or gs://)")

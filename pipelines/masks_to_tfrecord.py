@@ -213,7 +213,7 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.masks_to_tfrecord", description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0],
         epilog="Flags not listed here go to Beam.")
     parser.add_argument("--images", required=True, help="glob of images (local or gs://)")
     parser.add_argument("--masks", required=True, help="glob of label masks (PNG)")

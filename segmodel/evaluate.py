@@ -57,7 +57,7 @@ def evaluate(model, data: str, class_names=None) -> dict:
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m segmodel.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="MODEL dir (or a .keras file)")
     parser.add_argument("--data", required=True, help="glob of TFRecord shards")
     parser.add_argument("--output", default="metrics.json")

@@ -25,7 +25,7 @@ LOG = logging.getLogger(__name__)
 
 def make_parser() -> argparse.ArgumentParser:
     from segmodel.config import PRESETS, TrainConfig
-    parser = argparse.ArgumentParser(prog="python -m segmodel.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train_data", required=True, help="glob of training shards (local or gs://)")
     parser.add_argument("--val_data", default="", help="glob of validation shards; enables best-model selection")
     parser.add_argument("--model_dir", required=True)

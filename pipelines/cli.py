@@ -1,0 +1,49 @@
+"""``segpipe``: one command line for every stage.
+
+    segpipe dataset coco  ...   COCO JSON + images -> TFRecords     (pipelines.coco_to_tfrecord)
+    segpipe dataset masks ...   image + mask pairs -> TFRecords     (pipelines.masks_to_tfrecord)
+    segpipe train ...           train an FCN                        (segmodel.train)
+    segpipe evaluate ...        metrics.json at full image size     (segmodel.evaluate)
+    segpipe segment ...         batch segmentation with Beam        (pipelines.batch_segment)
+    segpipe report ...          static HTML report                  (pipelines.report)
+    segpipe demo ...            everything on built-in data         (pipelines.demo)
+
+``segpipe <command> --help`` shows each command's flags; flags a Beam job does not know go to
+Beam (``--runner DataflowRunner --project ...``).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    ("dataset", "coco"): ("pipelines.coco_to_tfrecord", "run"),
+    ("dataset", "masks"): ("pipelines.masks_to_tfrecord", "run"),
+    ("train",): ("segmodel.train", "main"),
+    ("evaluate",): ("segmodel.evaluate", "main"),
+    ("segment",): ("pipelines.batch_segment", "run"),
+    ("report",): ("pipelines.report", "main"),
+    ("demo",): ("pipelines.demo", "main"),
+}
+
+
+def main(argv=None) -> int:
+    import os
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for words, (module, function) in COMMANDS.items():
+        if tuple(argv[:len(words)]) == words:
+            import logging
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+            sys.argv[0] = "segpipe " + " ".join(words)  # so --help names the command as typed
+            getattr(importlib.import_module(module), function)(argv[len(words):])
+            return 0
+    print(__doc__.strip())
+    if argv and argv[0] not in ("-h", "--help", "help"):
+        print(f"\nsegpipe: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
