@@ -26,7 +26,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "segmodel", "segmodel.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3"],
+        # selenium drives Debian's chromium/chromedriver for the report's browser test.
+        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5"],
     },
     entry_points={"console_scripts": ["segpipe=pipelines.cli:main"]},
 )

@@ -25,7 +25,7 @@ import numpy as np
 LOG = logging.getLogger(__name__)
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f4f4f4}img{max-width:100%}.grid img{width:24%;margin:0.2%}.queue img{height:96px;margin:2px}
+th{background:#f4f4f4}img{max-width:100%}.grid img{width:24%;margin:0.2%}.queue{white-space:nowrap}.queue img{height:96px;margin:2px}
 .muted{color:#777}section{margin-top:2em}"""
 
 

@@ -1,0 +1,115 @@
+"""segpipe's command line, the demo's data generator, a reduced demo run, and the report page
+in a real headless Chromium."""
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from pipelines import cli, demo, demo_data
+
+
+def test_segpipe_help_and_every_subcommand_help(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "segpipe dataset coco" in capsys.readouterr().out
+    for words in cli.COMMANDS:
+        with pytest.raises(SystemExit) as info:
+            cli.main([*words, "--help"])
+        assert info.value.code == 0
+        assert "--" in capsys.readouterr().out, words
+    assert cli.main(["frobnicate"]) == 2
+    script = Path(sys.executable).with_name("segpipe")
+    if script.exists():  # the console script that setup.py installs
+        out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "segpipe segment" in out.stdout
+
+
+def test_demo_data_is_deterministic_and_valid_coco(tmp_path):
+    a = demo_data.write_coco_dataset(str(tmp_path / "a"), 12, (64, 96), seed=5)
+    b = demo_data.write_coco_dataset(str(tmp_path / "b"), 12, (64, 96), seed=5)
+    assert Path(a).read_bytes() == Path(b).read_bytes()
+    assert not filecmp.dircmp(tmp_path / "a/images", tmp_path / "b/images").diff_files
+    coco = COCO(a)
+    assert len(coco.imgs) == 12 and [c["name"] for c in coco.loadCats(coco.getCatIds())] == \
+        ["road", "building", "water"]
+    crowds = [x for x in coco.anns.values() if x["iscrowd"]]
+    assert crowds and all(isinstance(x["segmentation"]["counts"], str) for x in crowds)  # compressed RLE
+    for ann in coco.anns.values():
+        assert coco.annToMask(ann).shape == (64, 96)
+    c = demo_data.write_coco_dataset(str(tmp_path / "c"), 12, (64, 96), seed=6)
+    assert Path(c).read_bytes() != Path(a).read_bytes()
+
+
+def test_demo_geotiff_is_georeferenced_and_tiled(tmp_path):
+    import rasterio
+    path = demo_data.write_geotiff_mosaic(str(tmp_path / "m.tif"), 600, block=256, seed=1,
+                                          labels_path=str(tmp_path / "labels.tif"))
+    with rasterio.open(path) as src, rasterio.open(tmp_path / "labels.tif") as labels:
+        assert (src.width, src.height, src.count) == (600, 600, 3) and src.crs.to_epsg() == 3857
+        assert src.profile["tiled"] and labels.transform == src.transform
+        assert set(np.unique(labels.read(1))) <= {0, 1, 2, 3}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo.main(["--output_dir", str(out), "--quick"])
+
+
+def test_quick_demo_runs_every_stage(quick_demo):
+    out, result = quick_demo
+    assert (out / "dataset/classes.json").exists() and list((out / "dataset").glob("val-*.tfrecord"))
+    assert (out / "model/model.keras").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["mean_iou"] <= 1 and metrics == result["metrics"]
+    assert (out / "segmentation/masks/mosaic.tif").exists()
+    assert len((out / "segmentation/summary.jsonl").read_text().splitlines()) == 3 + 1
+    assert result["report"] == str(out / "report/index.html")
+
+
+def find_chromium():
+    """Debian's chromium and chromedriver; installed here when missing and we are root."""
+    paths = shutil.which("chromium"), shutil.which("chromedriver")
+    if all(paths):
+        return paths
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], env=env,
+                       capture_output=True, timeout=600)
+    paths = shutil.which("chromium"), shutil.which("chromedriver")
+    return paths if all(paths) else None
+
+
+def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
+    paths = find_chromium()
+    if paths is None:
+        pytest.skip("Debian's chromium and chromium-driver are not installed and could not be installed here")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    out, result = quick_demo
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(paths[1]), options=options)
+    try:
+        driver.get(Path(result["report"]).as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+    finally:
+        driver.quit()
+    assert errors == []
+    assert len(images) >= 10 and all(ok for _, ok in images), [src for src, ok in images if not ok]
+    assert headings == ["Dataset", "Training", "Evaluation", "Validation samples", "Review queue", "GeoTIFF masks"]
