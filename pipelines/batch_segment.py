@@ -2,15 +2,18 @@
 
     python -m pipelines.batch_segment --model MODEL --input 'GLOB or gs://bucket/prefix/*' \\
         --output_dir OUT [--tile_size 512] [--tile_overlap 64] [--batch_size 8] [--bands 1,2,3] \\
-        [--skip_existing] [--overlays] [Beam options]
+        [--strip_rows 4096] [--skip_existing] [--overlays] [Beam options]
 
-The job, step by step (each a Beam stage, so tiles of one huge raster spread over workers):
-  MatchFiles -> ExpandTiles (read each input once; a GeoTIFF window by window) -> Reshuffle
-  -> RunInference (FCNModelHandler: batches of equal-shaped tiles -> class probabilities)
-  -> BlendIntoBlocks (each tile's probabilities, weighted towards its centre, cut by output block)
-  -> GroupByKey + StitchBlocks (blend, argmax, confidence per block: no seams, bounded memory)
-  -> WriteMasks (PNG, or a tiled Cloud-Optimized GeoTIFF with the input's CRS and transform,
-     plus a per-image record) -> Assemble (summary.jsonl, most uncertain first; labels_coco.json).
+Photos (JPEG/PNG), each a few stages so a bucket of millions spreads over workers:
+  MatchFiles -> ExpandTiles (decode once, cut equal-shaped overlapping tiles) -> Reshuffle
+  -> RunInference (FCNModelHandler: batches of tiles -> class probabilities)
+  -> BlendIntoBlocks (probabilities weighted towards each tile's centre, cut by output block)
+  -> GroupByKey + StitchBlocks (blend, argmax, confidence: no seams) -> WriteMasks (PNG + record).
+GeoTIFFs, any size, in bounded memory: ExpandTiles reads only the header and emits horizontal
+strips -> Reshuffle -> RunInference (RasterStripHandler: reads windows, runs the same model, blends
+with a two-tile-row buffer, writes a GeoTIFF part) -> MergeStrips (one tiled, compressed,
+Cloud-Optimized GeoTIFF with the input's CRS and transform, copied window by window).
+Both end in Assemble: summary.jsonl (most uncertain first) and labels_coco.json, streamed.
 """
 from __future__ import annotations
 
@@ -30,12 +33,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipelines import images as image_checks
 from pipelines import rasters
-from pipelines.inference import FCNModelHandler
+from pipelines.inference import FCNModelHandler, RasterStripHandler
 from pipelines.transforms import ERRORS, count, error_record, log_summary, make_pipeline, write_atomic
 from segmodel import tiling
 
 LOG = logging.getLogger(__name__)
-INFOS, SKIPPED, BLOCKS = "infos", "skipped", "blocks"
+INFOS, SKIPPED, BLOCKS, STRIPS = "infos", "skipped", "blocks", "strips"
 # A colour per class for GeoTIFF colour tables and overlays (background transparent-ish grey).
 PALETTE = [(0, 0, 0), (128, 128, 128), (220, 60, 40), (40, 90, 220), (60, 180, 75), (255, 225, 25),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
@@ -59,7 +62,9 @@ class SegmentConfig:
     bands: str | None = None
     skip_existing: bool = False
     overlays: bool = False
-    max_image_pixels: int = 1 << 31  # GeoTIFFs are read by window; JPEG/PNG get Pillow's own limit
+    # Rows of a raster segmented by one worker: 4096 x 20000 px is ~15 s of a GPU and ~8 tiles
+    # of overlap recomputed per strip (~11%), and a 20000-row raster still spreads over 5 workers.
+    strip_rows: int = 4096
 
     @property
     def block(self) -> int:
@@ -112,13 +117,13 @@ class ExpandTilesFn(beam.DoFn):
 
     def _geotiff(self, path, rel):
         config = self.config
-        with rasters.local_file(path) as local:
-            info = rasters.open_geotiff(path, local, rel, config.bands)
-            yield beam.pvalue.TaggedOutput(INFOS, (rel, info))
-            for row, col, th, tw in tiling.tile_windows(info.height, info.width, config.tile_size, config.tile_overlap):
-                data, valid = rasters.read_window(local, info, row, col, th, tw)
-                count("tiles")
-                yield (rel, row, col, None if valid.all() else valid), data
+        info = rasters.open_geotiff(path, rel, config.bands)
+        strips = max(1, math.ceil(info.height / config.strip_rows))
+        count("rasters")
+        for index in range(strips):
+            yield beam.pvalue.TaggedOutput(STRIPS, {
+                "info": info, "index": index, "row0": index * config.strip_rows,
+                "row1": min(info.height, (index + 1) * config.strip_rows)})
 
 
 def blend_into_blocks(element, block: int, overlap: int):
@@ -150,17 +155,7 @@ class StitchBlockFn(beam.DoFn):
             weights[block_slice] += w
             if tile_valid is not None:
                 valid[block_slice] &= tile_valid
-        probabilities = scores / np.maximum(weights, 1e-12)[..., None]
-        mask = probabilities.argmax(-1).astype(np.uint8)
-        confidence = probabilities.max(-1)
-        entropy = -(probabilities * np.log(np.clip(probabilities, 1e-12, 1.0))).sum(-1)
-        mask[~valid] = 255
-        classes = mask[valid].astype(np.int64)
-        stats = {
-            "pixels": np.bincount(classes, minlength=num_classes).astype(np.int64),
-            "confidence": np.bincount(classes, weights=confidence[valid], minlength=num_classes),
-            "entropy": float(entropy[valid].sum()),
-        }
+        mask, stats = tiling.resolve(scores, weights, valid, num_classes)
         yield rel, (br, bc, mask, stats)
 
 
@@ -198,26 +193,14 @@ class WriteMaskFn(beam.DoFn):
                 block_list.append((br, bc, mask))
             path = mask_path(config, rel, info.kind)
             present = [c for c in range(1, len(names)) if totals["pixels"][c] > 0]
-            if info.kind == "geotiff":
-                colormap = {i: class_color(i) + (255,) for i in range(len(names))}
-                colormap[255] = (0, 0, 0, 0)
-                local = rasters.write_geotiff_mask(path, info, block_list, config.block, colormap)
-                import rasterio
-                from rasterio.windows import Window
-                with rasterio.open(local) as src:
-                    runs = class_runs(lambda c0, c1: src.read(1, window=Window(c0, 0, c1 - c0, info.height)),
-                                      info.height, info.width, present)
-                import shutil
-                shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
-            else:
-                full = np.zeros((info.height, info.width), np.uint8)
-                for br, bc, mask in block_list:
-                    full[br * config.block:br * config.block + mask.shape[0],
-                         bc * config.block:bc * config.block + mask.shape[1]] = mask
-                rasters.write_png(path, full)
-                if config.overlays:
-                    self._overlay(info, full)
-                runs = class_runs(lambda c0, c1: full[:, c0:c1], info.height, info.width, present)
+            full = np.zeros((info.height, info.width), np.uint8)
+            for br, bc, mask in block_list:
+                full[br * config.block:br * config.block + mask.shape[0],
+                     bc * config.block:bc * config.block + mask.shape[1]] = mask
+            rasters.write_png(path, full)
+            if config.overlays:
+                self._overlay(info, full)
+            runs = class_runs(lambda c0, c1: full[:, c0:c1], info.height, info.width, present)
         except Exception as e:
             count("images_rejected/write_failed")
             yield beam.pvalue.TaggedOutput(ERRORS, error_record(info.source, "write_failed",
@@ -238,6 +221,55 @@ class WriteMaskFn(beam.DoFn):
         buffer = io.BytesIO()
         Image.fromarray(blended.astype(np.uint8)).save(buffer, format="JPEG", quality=85)
         write_atomic(f"{self.config.output_dir}/overlays/{info.rel}.jpg", buffer.getvalue(), "image/jpeg")
+
+
+class MergeStripsFn(beam.DoFn):
+    """(rel, strip results) -> the raster's mask as one Cloud-Optimized GeoTIFF, its record."""
+
+    def __init__(self, config: SegmentConfig):
+        self.config = config
+
+    def process(self, element):
+        import shutil
+        from rasterio.windows import Window
+        rel, predictions = element
+        predictions = list(predictions)
+        info = predictions[0].example["info"]
+        results = sorted((r.inference for r in predictions), key=lambda r: r["index"])
+        config, names = self.config, self.config.class_names
+        totals = {"pixels": np.zeros(len(names), np.int64), "confidence": np.zeros(len(names)), "entropy": 0.0}
+        for result in results:
+            for key in ("pixels", "confidence"):
+                totals[key] += result["stats"][key]
+            totals["entropy"] += result["stats"]["entropy"]
+        path = mask_path(config, rel, "geotiff")
+        colormap = {i: class_color(i) + (255,) for i in range(len(names))}
+        colormap[255] = (0, 0, 0, 0)
+
+        def windows():  # the parts, 256 rows at a time: never the whole raster in memory
+            for result in results:
+                with rasters.open_raster(result["part"]) as part:
+                    for row in range(0, part.height, 256):
+                        rows = min(256, part.height - row)
+                        yield result["row0"] + row, 0, part.read(1, window=Window(0, row, part.width, rows))
+
+        try:
+            local = rasters.write_geotiff_mask(path, info, windows(), colormap)
+            present = [c for c in range(1, len(names)) if totals["pixels"][c] > 0]
+            with rasters.open_raster(local) as src:
+                runs = class_runs(lambda c0, c1: src.read(1, window=Window(c0, 0, c1 - c0, info.height)),
+                                  info.height, info.width, present)
+            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+            FileSystems.delete([r["part"] for r in results])
+        except Exception as e:
+            count("images_rejected/write_failed")
+            yield beam.pvalue.TaggedOutput(ERRORS, error_record(info.source, "write_failed",
+                                                                f"{type(e).__name__}: {e}"[:500]))
+            return
+        record = make_record(info, path, names, totals, runs)
+        write_atomic(record_path(config, rel), json.dumps(record).encode(), "application/json")
+        count("images_segmented")
+        yield record
 
 
 def make_record(info, path, names, totals, runs) -> dict:
@@ -325,24 +357,32 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig, large_model=Fal
                | "MatchInputs" >> fileio.MatchFiles(input_pattern)
                | "InputPaths" >> beam.Map(lambda m: m.path)
                | "ExpandTiles" >> beam.ParDo(ExpandTilesFn(config, image_checks.glob_root(input_pattern)))
-               .with_outputs(INFOS, SKIPPED, ERRORS, main="tiles"))
-    handler = KeyedModelHandler(FCNModelHandler(config.model, config.batch_size, large_model, model_copies))
+               .with_outputs(INFOS, STRIPS, SKIPPED, ERRORS, main="tiles"))
+    fcn = FCNModelHandler(config.model, config.batch_size, large_model, model_copies)
+    # Photos: tiles through RunInference, stitched per output block.
     blocks = (planned.tiles
               | "SpreadTiles" >> beam.Reshuffle()
-              | "RunInference" >> RunInference(handler)
+              | "RunInference" >> RunInference(KeyedModelHandler(fcn))
               | "BlendIntoBlocks" >> beam.FlatMap(blend_into_blocks, config.block, config.tile_overlap)
               | "GroupBlocks" >> beam.GroupByKey()
               | "StitchBlocks" >> beam.ParDo(StitchBlockFn()))
     written = ({INFOS: planned[INFOS], BLOCKS: blocks}
                | "GroupByImage" >> beam.CoGroupByKey()
                | "WriteMasks" >> beam.ParDo(WriteMaskFn(config)).with_outputs(ERRORS, main="records"))
+    # Rasters: strips through RunInference (each streamed window by window), merged per raster.
+    rasters_written = (planned[STRIPS]
+                       | "SpreadStrips" >> beam.Reshuffle()
+                       | "SegmentStrips" >> RunInference(RasterStripHandler(fcn, config))
+                       | "KeyByRaster" >> beam.Map(lambda r: (r.example["info"].rel, r))
+                       | "GroupStrips" >> beam.GroupByKey()
+                       | "MergeStrips" >> beam.ParDo(MergeStripsFn(config)).with_outputs(ERRORS, main="records"))
     out = config.output_dir
-    record_files = ((written.records, planned[SKIPPED]) | "AllRecords" >> beam.Flatten()
+    record_files = ((written.records, rasters_written.records, planned[SKIPPED]) | "AllRecords" >> beam.Flatten()
                     | "RecordsToJson" >> beam.Map(json.dumps)
                     | "WriteRecords" >> beam.io.WriteToText(f"{out}/.records/records", file_name_suffix=".jsonl"))
     _ = (p | "AssembleTrigger" >> beam.Create([None])
          | "Assemble" >> beam.Map(assemble_outputs, beam.pvalue.AsList(record_files), out, config.class_names))
-    _ = ((planned[ERRORS], written[ERRORS]) | "AllErrors" >> beam.Flatten()
+    _ = ((planned[ERRORS], written[ERRORS], rasters_written[ERRORS]) | "AllErrors" >> beam.Flatten()
          | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
          | "WriteErrors" >> beam.io.WriteToText(f"{out}/errors", file_name_suffix=".jsonl", num_shards=1,
                                                 shard_name_template=""))
@@ -365,6 +405,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="pixels shared by neighbouring tiles; default min(64, tile_size // 4)")
     parser.add_argument("--batch_size", type=int, default=8, help="tiles per model call")
     parser.add_argument("--bands", default=None, help="GeoTIFF bands as RGB, 1-based, e.g. 4,3,2")
+    parser.add_argument("--strip_rows", type=int, default=4096,
+                        help="raster rows segmented by one worker (GeoTIFFs are split into strips)")
     parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
     parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/REL.jpg")
     parser.add_argument("--large_model", action="store_true",
@@ -380,7 +422,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     if not 0 <= known.tile_overlap < known.tile_size:
         raise SystemExit("--tile_overlap must be in [0, tile_size)")
     config = SegmentConfig(known.model, known.output_dir.rstrip("/"), read_class_names(known.model), known.tile_size,
-                           known.tile_overlap, known.batch_size, known.bands, known.skip_existing, known.overlays)
+                           known.tile_overlap, known.batch_size, known.bands, known.skip_existing, known.overlays,
+                           known.strip_rows)
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.input, config, known.large_model, known.model_copies)

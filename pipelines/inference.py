@@ -86,3 +86,80 @@ class FCNModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "segpipe_inference"
+
+
+class RasterStripHandler(ModelHandler[Any, PredictionResult, Any]):
+    """Segments one horizontal strip of a large raster per element, streaming: tiles are read
+    window by window, run through the FCN in batches, blended by a ``RowStitcher`` (two tile
+    heights of scores in memory) and the finished rows written to a tiled GeoTIFF part.
+
+    Strips are what spreads one huge raster over many workers; within a strip, memory does not
+    grow with the raster. The model is the FCNModelHandler's, loaded once per worker.
+    """
+
+    def __init__(self, fcn: FCNModelHandler, config):
+        super().__init__()
+        self._fcn, self._config = fcn, config
+
+    def load_model(self):
+        return self._fcn.load_model()
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [PredictionResult(strip, segment_strip(strip, model, self._fcn, self._config)) for strip in batch]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def share_model_across_processes(self) -> bool:
+        return self._fcn.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        return self._fcn.model_copies()
+
+    def get_metrics_namespace(self) -> str:
+        return "segpipe_inference"
+
+
+def segment_strip(strip, model, fcn: FCNModelHandler, config) -> dict:
+    """Rows [row0, row1) of one raster -> a GeoTIFF part under OUT/.parts and its statistics."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from pipelines import rasters
+    from segmodel import tiling
+    info, index, row0, row1 = strip["info"], strip["index"], strip["row0"], strip["row1"]
+    tile, overlap = config.tile_size, config.tile_overlap
+    num_classes = len(config.class_names)
+    th, tw = min(tile, info.height), min(tile, info.width)
+    rows = [r for r in tiling.tile_starts(info.height, tile, overlap) if r < row1 and r + th > row0]
+    cols = tiling.tile_starts(info.width, tile, overlap)
+    stitcher = tiling.RowStitcher(info.width, num_classes, th, overlap, row0, row1)
+    totals = {"pixels": np.zeros(num_classes, np.int64), "confidence": np.zeros(num_classes), "entropy": 0.0}
+    workdir = tempfile.mkdtemp(prefix="segpipe-strip-")
+    local = os.path.join(workdir, "part.tif")
+
+    def emit(done, dst):
+        if done is None:
+            return
+        first, mask, stats = done
+        dst.write(mask[None], window=Window(0, first - row0, mask.shape[1], mask.shape[0]))
+        for key in ("pixels", "confidence"):
+            totals[key] += stats[key]
+        totals["entropy"] += stats["entropy"]
+
+    with rasters.open_raster(info.source) as src, \
+            rasterio.open(local, "w", **rasters.mask_profile(info, height=row1 - row0)) as dst:
+        for row in rows:
+            emit(stitcher.start_row(row), dst)
+            for start in range(0, len(cols), fcn._batch_size):
+                chunk = cols[start:start + fcn._batch_size]
+                tiles = [rasters.read_window(src, info, row, col, th, tw) for col in chunk]
+                results = fcn.run_inference([data for data, _ in tiles], model)
+                for col, (_, valid), result in zip(chunk, tiles, results):
+                    stitcher.add(row, col, result.inference, None if valid.all() else valid)
+        emit(stitcher.finish(), dst)
+    part = f"{config.output_dir}/.parts/{info.rel}/strip-{index:05d}.tif"
+    rasters.upload_atomic(local, part)
+    import shutil
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"index": index, "row0": row0, "row1": row1, "part": part, "stats": totals}

@@ -63,11 +63,23 @@ def choose_bands(count: int, bands: str | None) -> tuple:
     return (1, 2, 3) if count >= 3 else (1, 1, 1)
 
 
-def open_geotiff(path: str, local: str, rel: str, bands: str | None) -> ImageInfo:
+def _beam_opener(path, mode="rb"):
+    return FileSystems.open(path)
+
+
+def open_raster(path: str):
+    """rasterio dataset for a local path or any Beam filesystem URI (gs://...): remote files are
+    read through Beam's seekable file objects, so a window read fetches only the bytes it needs."""
     import rasterio
+    if "://" in path:
+        return rasterio.open(path, opener=_beam_opener)
+    return rasterio.open(path)
+
+
+def open_geotiff(path: str, rel: str, bands: str | None) -> ImageInfo:
     from rasterio.enums import Resampling
     try:
-        src = rasterio.open(local)
+        src = open_raster(path)
     except Exception as e:  # rasterio raises RasterioIOError and friends
         raise image_checks.ImageError("unreadable_image", str(e)[:300]) from None
     with src:
@@ -89,16 +101,15 @@ def open_geotiff(path: str, local: str, rel: str, bands: str | None) -> ImageInf
                          tuple(src.transform)[:6], chosen, scale, src.nodata)
 
 
-def read_window(local: str, info: ImageInfo, row: int, col: int, height: int, width: int):
-    """uint8 RGB [h, w, 3] and a valid-pixel mask [h, w] (False where the raster is nodata)."""
-    import rasterio
+def read_window(src, info: ImageInfo, row: int, col: int, height: int, width: int):
+    """uint8 RGB [h, w, 3] and a valid-pixel mask [h, w] (False where the raster is nodata)
+    from an open rasterio dataset."""
     from rasterio.windows import Window
-    with rasterio.open(local) as src:
-        window = Window(col, row, width, height)
-        data = src.read(list(info.bands), window=window).transpose(1, 2, 0)
-        # GDAL's dataset mask: a pixel is nodata only where every band says so (a dark pixel in
-        # one band of a real scene is still data).
-        valid = src.dataset_mask(window=window) > 0
+    window = Window(col, row, width, height)
+    data = src.read(list(info.bands), window=window).transpose(1, 2, 0)
+    # GDAL's dataset mask: a pixel is nodata only where every band says so (a dark pixel in
+    # one band of a real scene is still data).
+    valid = src.dataset_mask(window=window) > 0
     if info.scale is not None:
         low = np.array([s[0] for s in info.scale], np.float32)
         high = np.array([s[1] for s in info.scale], np.float32)
@@ -113,35 +124,41 @@ def write_png(path: str, mask: np.ndarray) -> None:
     write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
 
 
-def write_geotiff_mask(path: str, info: ImageInfo, blocks, block: int, colormap: dict) -> str:
-    """Writes mask blocks [(block_row, block_col, uint8 array)] window by window into a tiled
-    GeoTIFF with the input's CRS and transform, converts it to a Cloud-Optimized GeoTIFF and
-    moves it to ``path`` atomically. Returns a local copy's path for further reading (deleted
-    by the caller)."""
+def mask_profile(info: ImageInfo, height: int | None = None) -> dict:
+    from rasterio.transform import Affine
+    return dict(driver="GTiff", height=height or info.height, width=info.width, count=1, dtype="uint8",
+                crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=255,
+                tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+
+
+def upload_atomic(local: str, path: str, mime_type: str = "image/tiff") -> None:
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(local, "rb") as src, FileSystems.create(temp, mime_type=mime_type) as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+
+
+def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> str:
+    """Writes mask windows [(row, col, uint8 array)] one at a time into a tiled GeoTIFF with the
+    input's CRS and transform, converts it to a Cloud-Optimized GeoTIFF and moves it to ``path``
+    atomically. Returns the local COG's path for further reading (the caller deletes its folder)."""
     import rasterio
     from rasterio.shutil import copy as rio_copy
-    from rasterio.transform import Affine
     from rasterio.windows import Window
     workdir = tempfile.mkdtemp(prefix="segpipe-mask-")
     plain = os.path.join(workdir, "plain.tif")
-    profile = dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype="uint8",
-                   crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=255,
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    with rasterio.open(plain, "w", **profile) as dst:
-        for br, bc, data in blocks:
-            dst.write(data[None], window=Window(bc * block, br * block, data.shape[1], data.shape[0]))
+    with rasterio.open(plain, "w", **mask_profile(info)) as dst:
+        for row, col, data in windows:
+            dst.write(data[None], window=Window(col, row, data.shape[1], data.shape[0]))
         dst.write_colormap(1, colormap)
     cog = os.path.join(workdir, "cog.tif")
     try:
         rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
     except Exception:  # a GDAL without the COG driver: the tiled GeoTIFF is still valid
         cog = plain
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(cog, "rb") as src, FileSystems.create(temp, mime_type="image/tiff") as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temp], [path])
+    upload_atomic(cog, path)
     return cog
 
 

@@ -212,12 +212,11 @@ def geotiff_section(out: str, segmentation: str, max_side: int = 1024) -> str:
     masks = [m.path for m in FileSystems.match([f"{segmentation}/masks/**.tif"])[0].metadata_list]
     if not masks:
         return ""
-    import rasterio
     from rasterio.enums import Resampling
-    from pipelines.rasters import local_file
+    from pipelines.rasters import open_raster
     parts = []
     for k, path in enumerate(sorted(masks)[:4]):
-        with local_file(path) as local, rasterio.open(local) as src:
+        with open_raster(path) as src:
             scale = max(src.width, src.height) / max_side
             shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
             small = src.read(1, out_shape=shape, resampling=Resampling.nearest)  # overviews when present

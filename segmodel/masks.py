@@ -18,7 +18,6 @@ reaches pycocotools, with a reason string that the pipelines count and report.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Iterable, Sequence
 
 import numpy as np

@@ -79,3 +79,73 @@ def merge_runs(runs: list, more: list) -> list:
         return runs + list(more)
     runs[-1] += more[0]
     return runs + list(more[1:])
+
+
+def resolve(scores: np.ndarray, weights: np.ndarray, valid: np.ndarray, num_classes: int):
+    """Blended scores -> (class mask uint8 with 255 where invalid, per-class stats dict)."""
+    probabilities = scores / np.maximum(weights, 1e-12)[..., None]
+    mask = probabilities.argmax(-1).astype(np.uint8)
+    confidence = probabilities.max(-1)
+    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-12, 1.0))).sum(-1)
+    mask[~valid] = 255
+    classes = mask[valid].astype(np.int64)
+    stats = {
+        "pixels": np.bincount(classes, minlength=num_classes).astype(np.int64),
+        "confidence": np.bincount(classes, weights=confidence[valid], minlength=num_classes),
+        "entropy": float(entropy[valid].sum()),
+    }
+    return mask, stats
+
+
+class RowStitcher:
+    """Blends tile rows of one horizontal strip into final mask rows, keeping only two tile
+    heights of scores in memory whatever the raster's height.
+
+    Tile rows must be added top to bottom (``start_row`` then ``add`` per tile); rows above a new
+    tile row's start can receive no further contributions, so they are resolved and returned.
+    Only rows in ``[row0, row1)`` (the strip this stitcher owns) are returned.
+    """
+
+    def __init__(self, width: int, num_classes: int, tile_height: int, overlap: int, row0: int, row1: int):
+        self.capacity = 2 * tile_height
+        self.scores = np.zeros((self.capacity, width, num_classes), np.float32)
+        self.weights = np.zeros((self.capacity, width), np.float32)
+        self.valid = np.ones((self.capacity, width), bool)
+        self.num_classes, self.overlap, self.row0, self.row1 = num_classes, overlap, row0, row1
+        self.base = None
+
+    def _resolve(self, upto: int):
+        """Resolves buffered rows [base, upto) and shifts the buffer to start at ``upto``."""
+        start, end = max(self.base, self.row0), min(upto, self.row1)
+        out = None
+        if end > start:
+            a, b = start - self.base, end - self.base
+            out = (start,) + resolve(self.scores[a:b], self.weights[a:b], self.valid[a:b], self.num_classes)
+        shift = upto - self.base
+        for buffer, fill in ((self.scores, 0), (self.weights, 0), (self.valid, True)):
+            if shift >= self.capacity:
+                buffer[:] = fill
+            elif shift > 0:
+                buffer[:-shift] = buffer[shift:].copy()
+                buffer[-shift:] = fill
+        self.base = upto
+        return out
+
+    def start_row(self, row: int):
+        """Starts tile row ``row``; returns (first_row, mask, stats) of rows now final, or None."""
+        if self.base is None:
+            self.base = row
+            return None
+        return self._resolve(row)
+
+    def add(self, row: int, col: int, probabilities: np.ndarray, valid: np.ndarray | None):
+        th, tw = probabilities.shape[:2]
+        w = blend_weights(th, tw, self.overlap)
+        r = row - self.base
+        self.scores[r:r + th, col:col + tw] += probabilities * w[..., None]
+        self.weights[r:r + th, col:col + tw] += w
+        if valid is not None:
+            self.valid[r:r + th, col:col + tw] = valid
+
+    def finish(self):
+        return self._resolve(self.base + self.capacity)

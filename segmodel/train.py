@@ -16,9 +16,12 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from segmodel.config import TrainConfig
 
 LOG = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 import segmodel  # noqa: F401
@@ -114,7 +113,11 @@ def test_geotiff_keeps_crs_transform_and_nodata(pointwise_model, tmp_path, testd
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
-    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "32")
+    # 200-row strips: four strips whose tile rows overlap their neighbours' must still stitch
+    # into exactly the single-pass result.
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "32",
+            "--strip_rows", "200")
+    assert not list((tmp_path / "out/.parts").rglob("*.tif"))  # parts are cleaned up
     with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src, \
             rasterio.open(tmp_path / "out/masks/landsat.tif") as dst:
         assert (dst.width, dst.height) == (src.width, src.height) == (791, 718)
@@ -160,14 +163,25 @@ def test_gcs_model_inputs_and_outputs_through_the_emulator(pointwise_model, tmp_
     inputs = tmp_path / "in"
     inputs.mkdir()
     image = random_image(inputs / "a.png", 50, 60, 5)
+    import rasterio
+    from rasterio.transform import from_origin
+    with rasterio.open(inputs / "r.tif", "w", driver="GTiff", width=60, height=50, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(10, 50, 0.1, 0.1), tiled=True, blockxsize=16,
+                       blockysize=16) as dst:
+        dst.write(image.transpose(2, 0, 1))
     prefix = f"gs://{gcs_bucket}/segment"
     upload_tree(inputs, f"{prefix}/in")
     upload_tree(model_dir, f"{prefix}/model")
-    segment(f"{prefix}/model", f"{prefix}/in/*.png", f"{prefix}/out", "--tile_size", "32")
+    segment(f"{prefix}/model", f"{prefix}/in/*", f"{prefix}/out", "--tile_size", "32", "--strip_rows", "20")
+    expected = np.asarray(model(image[None].astype("float32"))).argmax(-1)[0]
     with FileSystems.open(f"{prefix}/out/masks/a.png") as handle:
         import io
         mask = np.asarray(Image.open(io.BytesIO(handle.read())))
-    assert np.array_equal(mask, np.asarray(model(image[None].astype("float32"))).argmax(-1)[0])
+    assert np.array_equal(mask, expected)
+    with FileSystems.open(f"{prefix}/out/masks/r.tif") as handle:
+        (tmp_path / "r_mask.tif").write_bytes(handle.read())
+    with rasterio.open(tmp_path / "r_mask.tif") as src:  # read remotely window by window, written back
+        assert np.array_equal(src.read(1), expected) and src.crs.to_epsg() == 4326
     assert FileSystems.exists(f"{prefix}/out/labels_coco.json") and FileSystems.exists(f"{prefix}/out/summary.jsonl")
 
 
