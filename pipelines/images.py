@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import io
 import posixpath
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -79,12 +81,27 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
-    """Single-channel 8-bit PNG. Level 1: masks are long runs, so the fastest zlib level is
-    within a few percent of the smallest file and several times faster to write."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(
-        buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    """Single-channel 8-bit PNG of a class mask.
+
+    Written with zlib directly (filter type 0, zlib level 1) rather than Pillow: Pillow's
+    encoder spends ~1.4 ms of its 1.5 ms per 640x480 mask choosing adaptive row filters,
+    which buy nothing on label maps (long runs of one value); this takes ~0.35 ms for a file
+    of the same size. Any PNG reader (Pillow, tf.io.decode_png, libpng) reads it.
+    """
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if mask.ndim != 2:
+        raise ValueError(f"a class mask is [H, W], got shape {mask.shape}")
+    height, width = mask.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # each row: filter byte 0, then the pixels
+    rows[:, 1:] = mask
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+            + chunk(b"IEND", b""))
 
 
 def glob_root(pattern: str) -> str:

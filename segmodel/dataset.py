@@ -35,8 +35,9 @@ def training_dataset(pattern: str, batch_size: int, crop_size=(512, 512), min_sc
                      jitter=1.0, shuffle_buffer=256, seed=None) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches: (float images [B, h, w, 3] 0..255, uint8 masks [B, h, w, 1])."""
     ds = _records(pattern, shuffle=True, seed=seed).shuffle(shuffle_buffer, seed=seed).repeat()
-    ds = ds.map(decode_record, num_parallel_calls=AUTOTUNE, deterministic=False)
-    ds = ds.map(lambda image, mask: preprocess.augment(image, mask, crop_size, min_scale, max_scale, jitter),
+    # Decode and augment in one map: one function call per example instead of two.
+    ds = ds.map(lambda record: preprocess.augment(*decode_record(record, fast_jpeg=True), crop_size, min_scale,
+                                                  max_scale, jitter),
                 num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

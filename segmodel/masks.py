@@ -62,9 +62,14 @@ def _is_number(value) -> bool:
 
 
 def _check_polygon(coords: Sequence, height: int, width: int) -> np.ndarray:
-    if not isinstance(coords, (list, tuple)) or not all(_is_number(v) for v in coords):
+    if not isinstance(coords, (list, tuple)):
         raise AnnotationError("malformed_segmentation", "a polygon must be a list of numbers")
-    arr = np.asarray(coords, dtype=np.float64)
+    try:
+        arr = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise AnnotationError("malformed_segmentation", "a polygon must be a list of numbers") from None
+    if arr.ndim != 1:
+        raise AnnotationError("malformed_segmentation", "a polygon must be a flat list of numbers")
     if not np.all(np.isfinite(arr)):
         raise AnnotationError("non_finite_coordinates", "NaN or infinite polygon coordinate")
     if arr.size % 2:
@@ -165,21 +170,29 @@ def paint_class_mask(height: int, width: int, instances: Iterable[Instance],
     painted = [i for i in instances if not i.iscrowd or crowd == "class"]
     crowds = [i for i in instances if i.iscrowd and crowd == "ignore"]
 
-    mask = np.zeros((height, width), dtype=np.uint8)
-    covered = np.zeros((height, width), dtype=np.uint8)  # how many painted instances cover a pixel
+    # pycocotools decodes into column-major (Fortran) arrays; painting into a Fortran-ordered
+    # mask keeps every copy contiguous. Unions and overlaps are computed on the RLEs (C code),
+    # so each instance is decoded exactly once.
+    mask = np.zeros((height, width), dtype=np.uint8, order="F")
+    painted_rles = []
     if painted:
         areas = mask_utils.area([i.rle for i in painted])
         order = sorted(range(len(painted)), key=lambda k: (-int(areas[k]), painted[k].annotation_id))
         for k in order:
-            pixels = mask_utils.decode(painted[k].rle).astype(bool)
-            mask[pixels] = painted[k].class_index
-            covered[pixels] = np.minimum(covered[pixels] + 1, 2)
-    if overlap == "ignore":
-        mask[covered >= 2] = IGNORE_INDEX
+            np.copyto(mask, np.uint8(painted[k].class_index), where=mask_utils.decode(painted[k].rle).view(bool))
+        painted_rles = [painted[k].rle for k in order]
+    if overlap == "ignore" and len(painted_rles) > 1:
+        overlaps, union = [], painted_rles[0]
+        for rle in painted_rles[1:]:
+            overlaps.append(mask_utils.merge([union, rle], intersect=True))
+            union = mask_utils.merge([union, rle])
+        np.copyto(mask, np.uint8(IGNORE_INDEX), where=mask_utils.decode(mask_utils.merge(overlaps)).view(bool))
     if crowds:
-        crowd_pixels = mask_utils.decode(mask_utils.merge([i.rle for i in crowds])).astype(bool)
-        mask[crowd_pixels & (covered == 0)] = IGNORE_INDEX
-    return mask
+        uncovered = mask_utils.decode(mask_utils.merge([i.rle for i in crowds])).view(bool)
+        if painted_rles:  # only crowd pixels that no painted instance covers
+            uncovered = uncovered & ~mask_utils.decode(mask_utils.merge(painted_rles)).view(bool)
+        np.copyto(mask, np.uint8(IGNORE_INDEX), where=uncovered)
+    return np.ascontiguousarray(mask)
 
 
 def class_pixel_counts(mask: np.ndarray) -> np.ndarray:

@@ -48,3 +48,11 @@ def test_training_batches_and_full_size_evaluation(demo_dataset):
     assert len(images) == dataset.count_examples(str(demo_dataset / "val-*.tfrecord"))
     assert all(image.shape == (1, 192, 256, 3) and mask.shape == (1, 192, 256, 1) for image, mask in images)
     assert images[0][0].dtype == tf.uint8
+
+
+def test_resize_nearest_equals_tensorflow_nearest():
+    mask = tf.constant(np.random.default_rng(3).integers(0, 255, (37, 53, 1)).astype(np.uint8))
+    for size in [(37, 53), (74, 106), (19, 27), (100, 41)]:
+        ours = preprocess.resize_nearest(mask, tf.constant(size)).numpy()
+        theirs = tf.cast(tf.image.resize(mask, size, method="nearest"), tf.uint8).numpy()
+        assert np.array_equal(ours, theirs), size

@@ -160,3 +160,18 @@ def test_class_tables():
     assert user.category_to_index == {1: 1, 2: 1, 4: 255} and user.names == ("background", "a+b")
     with pytest.raises(ValueError):
         M.build_class_table(cats, {"zebra": 1})
+
+
+def test_mask_png_reads_back_exactly_with_pillow_and_tensorflow():
+    import io
+    import tensorflow as tf
+    from PIL import Image
+    from pipelines.images import encode_mask_png
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1), (5, 10), (480, 640), (37, 3)]:
+        mask = rng.integers(0, 256, shape).astype(np.uint8)
+        mask[: shape[0] // 2] = 3  # runs, as in real masks
+        data = encode_mask_png(mask)
+        image = Image.open(io.BytesIO(data))
+        assert image.mode == "L" and np.array_equal(np.asarray(image), mask)
+        assert np.array_equal(tf.io.decode_png(data, channels=1).numpy()[..., 0], mask)

@@ -1,0 +1,144 @@
+"""Benchmark: COCO -> TFRecord throughput, three converters on the same files, whole commands
+(process start included), measured in one run.
+
+    python bench/coco_to_tfrecord.py --num_images 10000 [--skip_model_garden] [--profile]
+
+(a) a straightforward single-process loop (bench/simple_coco_loop.py);
+(b) TF Model Garden's converter, official.vision.data.create_coco_tf_record --include_masks
+    --num_processes=2, in its own virtualenv (bench_output/mg-venv: pip install tf-models-official);
+(c) this project's pipeline with 2 local Beam workers (multi_processing).
+Prints images/s and the ratios; --profile adds a cProfile of (c)'s per-image work in one process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.coco_data import generate  # noqa: E402
+
+
+def timed(command, env=None) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed:\n{result.stderr[-3000:]}")
+    return elapsed
+
+
+def model_garden_python(out: str) -> str | None:
+    venv = os.path.join(out, "mg-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        if subprocess.run([python, "-m", "pip", "install", "-q", "tf-models-official"]).returncode != 0:
+            return None
+    probe = subprocess.run([python, "-c", "import official.vision.data.create_coco_tf_record"], capture_output=True)
+    return python if probe.returncode == 0 else None
+
+
+def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -> str:
+    """cProfile of the per-image work (what one Beam worker does per element), in one process."""
+    import cProfile
+    import io
+    import pstats
+    import ijson
+    from pipelines import coco_to_tfrecord as c
+    from segmodel import masks
+    with open(annotations, "rb") as handle:
+        categories = list(ijson.items(handle, "categories.item", use_float=True))
+    table = c._class_table(categories, "all")
+    anns = {}
+    for section, obj in c.stream_coco(annotations):
+        if section == "annotations":
+            anns.setdefault(obj["image_id"], []).append(
+                {"id": obj["id"], "image_id": obj["image_id"], "category_id": obj["category_id"],
+                 "segmentation": obj["segmentation"], "iscrowd": obj["iscrowd"]})
+    with open(annotations) as handle:
+        image_records = json.load(handle)["images"]
+    fn = c.CocoExampleFn(c.CocoConfig(images_root=images))
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for image in image_records:
+        element = (image["id"], {"images": [image], "annotations": anns.get(image["id"], [])})
+        for _ in fn.process(element, table):
+            pass
+    profiler.disable()
+    per_image_ms = (time.perf_counter() - started) / len(image_records) * 1000
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(limit)
+    return f"per-image work in one process: {per_image_ms:.2f} ms/image\n" + stream.getvalue()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num_images", type=int, default=1000)
+    parser.add_argument("--output", default=os.path.join(ROOT, "bench_output"))
+    parser.add_argument("--skip_model_garden", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    n = args.num_images
+    data = os.path.join(args.output, f"coco_{n}")
+    started = time.perf_counter()
+    annotations = generate(data, n)
+    print(f"data: {n} images in {data} ({time.perf_counter() - started:.0f}s to generate or find)")
+    images = os.path.join(data, "images")
+    results = {"num_images": n, "cpus": os.cpu_count()}
+    work = os.path.join(args.output, "work")
+
+    def fresh(name):
+        path = os.path.join(work, name)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        return path
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = fresh("simple")
+    results["a_simple_loop_s"] = timed([sys.executable, os.path.join(ROOT, "bench/simple_coco_loop.py"), annotations,
+                                        images, os.path.join(out, "simple.tfrecord")], env)
+    if not args.skip_model_garden:
+        python = model_garden_python(args.output)
+        if python:
+            out = fresh("model_garden")
+            results["b_model_garden_s"] = timed(
+                [python, "-m", "official.vision.data.create_coco_tf_record", "--logtostderr",
+                 f"--image_dir={images}", f"--object_annotations_file={annotations}",
+                 f"--output_file_prefix={out}/train", "--num_shards=8", "--include_masks=True",
+                 "--num_processes=2"], env)
+        else:
+            print("Model Garden's converter could not be installed; (b) not measured")
+    out = fresh("pipeline")
+    results["c_pipeline_s"] = timed([sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations,
+                                     "--images", images, "--output_dir", out, "--direct_num_workers", "2",
+                                     "--direct_running_mode", "multi_processing"], dict(env, PYTHONPATH=ROOT))
+    lines = [f"| converter | seconds | images/s |", "|---|---|---|"]
+    for key, label in (("a_simple_loop_s", "(a) simple single-process loop"),
+                       ("b_model_garden_s", "(b) TF Model Garden create_coco_tf_record, 2 processes"),
+                       ("c_pipeline_s", "(c) pipelines.coco_to_tfrecord, 2 Beam workers")):
+        if key in results:
+            results[key.replace("_s", "_images_per_s")] = n / results[key]
+            lines.append(f"| {label} | {results[key]:.1f} | {n / results[key]:.0f} |")
+    print("\n".join(lines))
+    for base in ("a_simple_loop_s", "b_model_garden_s"):
+        if base in results:
+            ratio = results[base] / results["c_pipeline_s"]
+            results[f"c_over_{base[:1]}"] = ratio
+            print(f"(c) / ({base[0]}) throughput: {ratio:.2f}x")
+    if args.profile:
+        report = profile_pipeline(annotations, images, work)
+        print(report)
+        results["profile"] = report
+    with open(os.path.join(args.output, f"coco_to_tfrecord_{n}.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
