@@ -68,7 +68,7 @@ def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -
     started = time.perf_counter()
     profiler.enable()
     for image in image_records:
-        element = (image["id"], {"images": [image], "annotations": anns.get(image["id"], [])})
+        element = (image["id"], {"images": [image], "annotations": [anns.get(image["id"], [])]})
         for _ in fn.process(element, table):
             pass
     profiler.disable()

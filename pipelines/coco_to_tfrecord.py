@@ -22,10 +22,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, WriteSegmentationDataset, count,
+from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, RecordRef, WriteSegmentationDataset, count,
                                   error_record, log_summary, make_pipeline)
 from segmodel import masks as mask_lib
-from segmodel.features import build_example
 
 LOG = logging.getLogger(__name__)
 IMAGES, ANNOTATIONS, CATEGORIES = "images", "annotations", "categories"
@@ -94,7 +93,19 @@ class StreamCocoFn(beam.DoFn):
             stats["images_rejected"] = 1
         yield beam.pvalue.TaggedOutput(STATS, stats)
 
+    # Annotations are emitted as (image id, [annotations]) lists, grouped within a window of this
+    # many: exporters usually write an image's annotations together, and one element per image
+    # instead of per annotation makes the shuffle several times cheaper.
+    BUFFER = 20000
+
+    @staticmethod
+    def _flush(pending):
+        for image_id, records in pending.items():
+            yield beam.pvalue.TaggedOutput(ANNOTATIONS, (image_id, records))
+        pending.clear()
+
     def process(self, path):
+        pending, held = {}, 0
         try:
             for section, obj in stream_coco(path):
                 if section == "categories":
@@ -114,8 +125,14 @@ class StreamCocoFn(beam.DoFn):
                     except (KeyError, TypeError, ValueError) as e:
                         yield from self._malformed("annotation", obj, e, "annotations_skipped/malformed_annotation")
                         continue
-                    yield beam.pvalue.TaggedOutput(ANNOTATIONS, (record["image_id"], record))
+                    pending.setdefault(record["image_id"], []).append(record)
+                    held += 1
+                    if held >= self.BUFFER:
+                        yield from self._flush(pending)
+                        held = 0
+            yield from self._flush(pending)
         except (OSError, ValueError) as e:
+            yield from self._flush(pending)  # what was read before the error still counts
             count("annotation_file_errors")
             yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "malformed_annotation_file", str(e)[:500]))
 
@@ -157,7 +174,8 @@ class CocoExampleFn(beam.DoFn):
 
     def process(self, element, class_table):
         image_id, grouped = element
-        images, annotations = list(grouped[IMAGES]), list(grouped[ANNOTATIONS])
+        images = list(grouped[IMAGES])
+        annotations = [a for chunk in grouped[ANNOTATIONS] for a in chunk]
         if not images:
             for ann in annotations:
                 count("annotations_skipped/unknown_image_id")
@@ -209,12 +227,11 @@ class CocoExampleFn(beam.DoFn):
             if pixels:
                 stats[f"pixels/{value}"] = int(pixels)
         split = split_for(image_id, config.val_fraction, config.split)
-        example = build_example(data, fmt, height, width, image["file_name"], str(image_id),
-                                image_checks.encode_mask_png(mask))
         count("images_written")
         count("annotations_used", len(instances))
         yield beam.pvalue.TaggedOutput(STATS, stats)
-        yield split, str(image_id), example
+        yield split, str(image_id), RecordRef.of(path, data, fmt, height, width, image["file_name"], str(image_id),
+                                                 image_checks.encode_mask_png(mask))
 
 
 def _class_table(categories, spec):
@@ -234,8 +251,7 @@ def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output
               | "CollectCategories" >> beam.combiners.ToList()
               | "ClassTable" >> beam.Map(_class_table, classes_spec))
     converted = (
-        {IMAGES: parsed[IMAGES] | "ReshuffleImages" >> beam.Reshuffle(),
-         ANNOTATIONS: parsed[ANNOTATIONS]}
+        {IMAGES: parsed[IMAGES], ANNOTATIONS: parsed[ANNOTATIONS]}
         | "GroupByImage" >> beam.CoGroupByKey()
         | "BuildExamples" >> beam.ParDo(CocoExampleFn(config), beam.pvalue.AsSingleton(tables)).with_outputs(
             ERRORS, STATS, main="records"))

@@ -32,9 +32,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (ERRORS, STATS, WriteSegmentationDataset, count, error_record, log_summary,
+from pipelines.transforms import (ERRORS, STATS, RecordRef, WriteSegmentationDataset, count, error_record, log_summary,
                                   make_pipeline)
-from segmodel.features import build_example
 from segmodel.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -183,11 +182,11 @@ class PairExampleFn(beam.DoFn):
         for value, pixels in enumerate(class_pixel_counts(mask)):
             if pixels:
                 stats[f"pixels/{value}"] = int(pixels)
-        example = build_example(data, fmt, height, width, image_checks.relative_to(image_path, self.images_root),
-                                key, image_checks.encode_mask_png(mask))
         count("images_written")
         yield beam.pvalue.TaggedOutput(STATS, stats)
-        yield self.split, key, example
+        yield self.split, key, RecordRef.of(image_path, data, fmt, height, width,
+                                            image_checks.relative_to(image_path, self.images_root), key,
+                                            image_checks.encode_mask_png(mask))
 
 
 def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, split="train", num_shards=0,

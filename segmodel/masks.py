@@ -192,12 +192,12 @@ def paint_class_mask(height: int, width: int, instances: Iterable[Instance],
         if painted_rles:  # only crowd pixels that no painted instance covers
             uncovered = uncovered & ~mask_utils.decode(mask_utils.merge(painted_rles)).view(bool)
         np.copyto(mask, np.uint8(IGNORE_INDEX), where=uncovered)
-    return np.ascontiguousarray(mask)
+    return mask  # column-major; np.asarray(mask, order="C") if a consumer needs rows
 
 
 def class_pixel_counts(mask: np.ndarray) -> np.ndarray:
     """Pixel count per mask value 0..255."""
-    return np.bincount(mask.ravel(), minlength=256)
+    return np.bincount(mask.ravel(order="K"), minlength=256)  # "K": no copy of a column-major mask
 
 
 # --- class tables ------------------------------------------------------------------------------
