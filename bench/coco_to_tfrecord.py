@@ -51,7 +51,6 @@ def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -
     import pstats
     import ijson
     from pipelines import coco_to_tfrecord as c
-    from segmodel import masks
     with open(annotations, "rb") as handle:
         categories = list(ijson.items(handle, "categories.item", use_float=True))
     table = c._class_table(categories, "all")
@@ -119,7 +118,7 @@ def main(argv=None):
     results["c_pipeline_s"] = timed([sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations,
                                      "--images", images, "--output_dir", out, "--direct_num_workers", "2",
                                      "--direct_running_mode", "multi_processing"], dict(env, PYTHONPATH=ROOT))
-    lines = [f"| converter | seconds | images/s |", "|---|---|---|"]
+    lines = ["| converter | seconds | images/s |", "|---|---|---|"]
     for key, label in (("a_simple_loop_s", "(a) simple single-process loop"),
                        ("b_model_garden_s", "(b) TF Model Garden create_coco_tf_record, 2 processes"),
                        ("c_pipeline_s", "(c) pipelines.coco_to_tfrecord, 2 Beam workers")):
