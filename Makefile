@@ -18,8 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The README's numbers (about 25 minutes on 2 cores; bench_output/ keeps data and results).
 bench: $(STAMP)
-	$(PY) bench/coco_to_tfrecord.py --num_images 1000
+	$(PY) bench/coco_to_tfrecord.py --num_images 10000 --profile
+	$(PY) bench/input_pipeline.py
+	$(PY) bench/fcn_forward.py
+	$(PY) bench/batch_segment.py --images 16 --memory
 
 clean:
 	rm -rf demo_output .pytest_cache build *.egg-info

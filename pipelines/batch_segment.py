@@ -254,9 +254,10 @@ class MergeStripsFn(beam.DoFn):
                         yield result["row0"] + row, 0, part.read(1, window=Window(0, row, part.width, rows))
 
         try:
-            local = rasters.write_geotiff_mask(path, info, windows(), colormap)
+            with rasters.gdal_env():
+                local = rasters.write_geotiff_mask(path, info, windows(), colormap)
             present = [c for c in range(1, len(names)) if totals["pixels"][c] > 0]
-            with rasters.open_raster(local) as src:
+            with rasters.gdal_env(), rasters.open_raster(local) as src:
                 runs = class_runs(lambda c0, c1: src.read(1, window=Window(c0, 0, c1 - c0, info.height)),
                                   info.height, info.width, present)
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)

@@ -147,7 +147,7 @@ def segment_strip(strip, model, fcn: FCNModelHandler, config) -> dict:
             totals[key] += stats[key]
         totals["entropy"] += stats["entropy"]
 
-    with rasters.open_raster(info.source) as src, \
+    with rasters.gdal_env(), rasters.open_raster(info.source) as src, \
             rasterio.open(local, "w", **rasters.mask_profile(info, height=row1 - row0)) as dst:
         for row in rows:
             emit(stitcher.start_row(row), dst)

@@ -63,6 +63,16 @@ def choose_bands(count: int, bands: str | None) -> tuple:
     return (1, 2, 3) if count >= 3 else (1, 1, 1)
 
 
+# GDAL's block cache defaults to 5% of RAM and fills with every block read or written, so a
+# worker's memory would grow with the raster; 128 MB holds several tile rows of any raster.
+GDAL_CACHE_MB = 128
+
+
+def gdal_env():
+    import rasterio
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def _beam_opener(path, mode="rb"):
     return FileSystems.open(path)
 
