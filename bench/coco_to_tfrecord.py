@@ -63,6 +63,7 @@ def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -
     with open(annotations) as handle:
         image_records = json.load(handle)["images"]
     fn = c.CocoExampleFn(c.CocoConfig(images_root=images))
+    fn.setup()
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()

@@ -10,8 +10,8 @@ Photos (JPEG/PNG), each a few stages so a bucket of millions spreads over worker
   -> BlendIntoBlocks (probabilities weighted towards each tile's centre, cut by output block)
   -> GroupByKey + StitchBlocks (blend, argmax, confidence: no seams) -> WriteMasks (PNG + record).
 GeoTIFFs, any size, in bounded memory: ExpandTiles reads only the header and emits horizontal
-strips -> Reshuffle -> RunInference (RasterStripHandler: reads windows, runs the same model, blends
-with a two-tile-row buffer, writes a GeoTIFF part) -> MergeStrips (one tiled, compressed,
+strips -> the same RunInference step (the handler reads a strip's windows, runs the model,
+blends with a two-tile-row buffer, writes a GeoTIFF part) -> MergeStrips (one tiled, compressed,
 Cloud-Optimized GeoTIFF with the input's CRS and transform, copied window by window).
 Both end in Assemble: summary.jsonl (most uncertain first) and labels_coco.json, streamed.
 """
@@ -33,8 +33,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipelines import images as image_checks
 from pipelines import rasters
-from pipelines.inference import FCNModelHandler, RasterStripHandler
-from pipelines.transforms import ERRORS, count, error_record, log_summary, make_pipeline, write_atomic
+from pipelines.inference import FCNModelHandler
+from pipelines.transforms import ERRORS, Progress, count, error_record, log_summary, make_pipeline, write_atomic
 from segmodel import tiling
 
 LOG = logging.getLogger(__name__)
@@ -175,8 +175,12 @@ class WriteMaskFn(beam.DoFn):
     def __init__(self, config: SegmentConfig):
         self.config = config
 
+    def setup(self):
+        self.progress = Progress("batch_segment images")
+
     def process(self, element):
         rel, grouped = element
+        self.progress.tick()
         infos = list(grouped[INFOS])
         if not infos:
             return
@@ -359,22 +363,25 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig, large_model=Fal
                | "InputPaths" >> beam.Map(lambda m: m.path)
                | "ExpandTiles" >> beam.ParDo(ExpandTilesFn(config, image_checks.glob_root(input_pattern)))
                .with_outputs(INFOS, STRIPS, SKIPPED, ERRORS, main="tiles"))
-    fcn = FCNModelHandler(config.model, config.batch_size, large_model, model_copies)
-    # Photos: tiles through RunInference, stitched per output block.
-    blocks = (planned.tiles
-              | "SpreadTiles" >> beam.Reshuffle()
-              | "RunInference" >> RunInference(KeyedModelHandler(fcn))
+    handler = KeyedModelHandler(FCNModelHandler(config.model, config.batch_size, large_model, model_copies,
+                                                strip_config=config))
+    # Photo tiles and raster strips go through one RunInference step (one model per worker).
+    predictions = ((planned.tiles, planned[STRIPS] | "KeyStrips" >> beam.Map(lambda s: ((s["info"].rel, s["index"]), s)))
+                   | "TilesAndStrips" >> beam.Flatten()
+                   | "Spread" >> beam.Reshuffle()
+                   | "RunInference" >> RunInference(handler)
+                   | "TilesOrStrips" >> beam.Partition(lambda kv, n: int(isinstance(kv[1].example, dict)), 2))
+    # Photos: tile probabilities stitched per output block.
+    blocks = (predictions[0]
               | "BlendIntoBlocks" >> beam.FlatMap(blend_into_blocks, config.block, config.tile_overlap)
               | "GroupBlocks" >> beam.GroupByKey()
               | "StitchBlocks" >> beam.ParDo(StitchBlockFn()))
     written = ({INFOS: planned[INFOS], BLOCKS: blocks}
                | "GroupByImage" >> beam.CoGroupByKey()
                | "WriteMasks" >> beam.ParDo(WriteMaskFn(config)).with_outputs(ERRORS, main="records"))
-    # Rasters: strips through RunInference (each streamed window by window), merged per raster.
-    rasters_written = (planned[STRIPS]
-                       | "SpreadStrips" >> beam.Reshuffle()
-                       | "SegmentStrips" >> RunInference(RasterStripHandler(fcn, config))
-                       | "KeyByRaster" >> beam.Map(lambda r: (r.example["info"].rel, r))
+    # Rasters: strips (each already segmented and written as a part) merged per raster.
+    rasters_written = (predictions[1]
+                       | "KeyByRaster" >> beam.Map(lambda kv: (kv[1].example["info"].rel, kv[1]))
                        | "GroupStrips" >> beam.GroupByKey()
                        | "MergeStrips" >> beam.ParDo(MergeStripsFn(config)).with_outputs(ERRORS, main="records"))
     out = config.output_dir

@@ -22,8 +22,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, RecordRef, WriteSegmentationDataset, count,
-                                  error_record, log_summary, make_pipeline)
+from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset,
+                                  count, error_record, log_summary, make_pipeline)
 from segmodel import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
@@ -166,6 +166,9 @@ class CocoExampleFn(beam.DoFn):
     def __init__(self, config: CocoConfig):
         self.config = config
 
+    def setup(self):
+        self.progress = Progress("coco_to_tfrecord images")
+
     def _reject(self, source, reason, detail="", **extra):
         count("images_rejected")
         count(f"images_rejected/{reason}")
@@ -174,6 +177,7 @@ class CocoExampleFn(beam.DoFn):
 
     def process(self, element, class_table):
         image_id, grouped = element
+        self.progress.tick()
         images = list(grouped[IMAGES])
         annotations = [a for chunk in grouped[ANNOTATIONS] for a in chunk]
         if not images:

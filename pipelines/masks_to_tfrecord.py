@@ -32,7 +32,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (ERRORS, STATS, RecordRef, WriteSegmentationDataset, count, error_record, log_summary,
+from pipelines.transforms import (ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset, count, error_record, log_summary,
                                   make_pipeline)
 from segmodel.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
@@ -137,6 +137,9 @@ class PairExampleFn(beam.DoFn):
                  max_pixels: int = image_checks.DEFAULT_MAX_PIXELS):
         self.color_map, self.split, self.images_root, self.max_pixels = color_map, split, images_root, max_pixels
 
+    def setup(self):
+        self.progress = Progress("masks_to_tfrecord pairs")
+
     def _reject(self, source, reason, detail=""):
         count("images_rejected")
         count(f"images_rejected/{reason}")
@@ -145,6 +148,7 @@ class PairExampleFn(beam.DoFn):
 
     def process(self, element):
         key, grouped = element
+        self.progress.tick()
         image_paths, mask_paths = sorted(grouped[IMAGE]), sorted(grouped[MASK])
         if len(image_paths) != 1 or len(mask_paths) != 1:
             if not image_paths:

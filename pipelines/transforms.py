@@ -57,6 +57,26 @@ def count(name: str, value: int = 1) -> None:
     Metrics.counter(NAMESPACE, name).inc(value)
 
 
+class Progress:
+    """Logs a line every ``every_s`` seconds of work in a worker: how many items it has done and
+    at what rate (the job-wide totals are the Beam counters, shown by Dataflow's UI and in the
+    summary line each job prints at the end)."""
+
+    def __init__(self, what: str, every_s: float = 30.0):
+        self.what, self.every_s = what, every_s
+        self.done, self.started, self.last = 0, None, None
+
+    def tick(self, n: int = 1) -> None:
+        now = time.monotonic()
+        if self.started is None:
+            self.started = self.last = now
+        self.done += n
+        if now - self.last >= self.every_s:
+            self.last = now
+            LOG.info("%s: %d done in this worker (%.1f/s)", self.what, self.done,
+                     self.done / max(now - self.started, 1e-9))
+
+
 def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
     """Writes through a temporary name and renames, so no reader sees half a file."""
     temp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -162,15 +182,15 @@ class WriteShardFn(beam.DoFn):
         with FileSystems.create(temp) as handle:
             # Sorted by source id: the same inputs give byte-identical shards on every run.
             for _, ref in sorted((r for r in refs if r is not None), key=lambda r: r[0]):
+                detail = "the file changed between validation and writing"
                 try:
                     with FileSystems.open(ref.path) as source:
                         data = source.read()
                 except Exception as e:  # deleted during the job
-                    data, detail = None, str(e)[:300]
+                    data, detail = None, f"the file can no longer be read: {e}"[:300]
                 if data is None or len(data) != ref.size or zlib.crc32(data) != ref.crc32:
                     count("images_rejected/changed_during_job")
-                    yield beam.pvalue.TaggedOutput(ERRORS, error_record(
-                        ref.path, "changed_during_job", "the file changed between validation and writing"))
+                    yield beam.pvalue.TaggedOutput(ERRORS, error_record(ref.path, "changed_during_job", detail))
                     continue
                 _TFRecordUtil.write_record(handle, build_example(
                     data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png))
