@@ -188,17 +188,12 @@ class WriteMaskFn(beam.DoFn):
         config = self.config
         names = config.class_names
         try:
-            totals = {"pixels": np.zeros(len(names), np.int64), "confidence": np.zeros(len(names)), "entropy": 0.0}
-            block_list = []
-            for br, bc, mask, stats in grouped[BLOCKS]:
-                for key in ("pixels", "confidence"):
-                    totals[key] += stats[key]
-                totals["entropy"] += stats["entropy"]
-                block_list.append((br, bc, mask))
+            blocks = list(grouped[BLOCKS])
+            totals = tiling.sum_stats((stats for _, _, _, stats in blocks), len(names))
             path = mask_path(config, rel, info.kind)
             present = [c for c in range(1, len(names)) if totals["pixels"][c] > 0]
             full = np.zeros((info.height, info.width), np.uint8)
-            for br, bc, mask in block_list:
+            for br, bc, mask, _ in blocks:
                 full[br * config.block:br * config.block + mask.shape[0],
                      bc * config.block:bc * config.block + mask.shape[1]] = mask
             rasters.write_png(path, full)
@@ -206,14 +201,9 @@ class WriteMaskFn(beam.DoFn):
                 self._overlay(info, full)
             runs = class_runs(lambda c0, c1: full[:, c0:c1], info.height, info.width, present)
         except Exception as e:
-            count("images_rejected/write_failed")
-            yield beam.pvalue.TaggedOutput(ERRORS, error_record(info.source, "write_failed",
-                                                                f"{type(e).__name__}: {e}"[:500]))
+            yield from write_failed(info, e)
             return
-        record = make_record(info, path, names, totals, runs)
-        write_atomic(record_path(config, rel), json.dumps(record).encode(), "application/json")
-        count("images_segmented")
-        yield record
+        yield finish_image(config, info, path, totals, runs)
 
     def _overlay(self, info, mask):
         from PIL import Image
@@ -241,11 +231,7 @@ class MergeStripsFn(beam.DoFn):
         info = predictions[0].example["info"]
         results = sorted((r.inference for r in predictions), key=lambda r: r["index"])
         config, names = self.config, self.config.class_names
-        totals = {"pixels": np.zeros(len(names), np.int64), "confidence": np.zeros(len(names)), "entropy": 0.0}
-        for result in results:
-            for key in ("pixels", "confidence"):
-                totals[key] += result["stats"][key]
-            totals["entropy"] += result["stats"]["entropy"]
+        totals = tiling.sum_stats((r["stats"] for r in results), len(names))
         path = mask_path(config, rel, "geotiff")
         colormap = {i: class_color(i) + (255,) for i in range(len(names))}
         colormap[255] = (0, 0, 0, 0)
@@ -267,14 +253,23 @@ class MergeStripsFn(beam.DoFn):
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
             FileSystems.delete([r["part"] for r in results])
         except Exception as e:
-            count("images_rejected/write_failed")
-            yield beam.pvalue.TaggedOutput(ERRORS, error_record(info.source, "write_failed",
-                                                                f"{type(e).__name__}: {e}"[:500]))
+            yield from write_failed(info, e)
             return
-        record = make_record(info, path, names, totals, runs)
-        write_atomic(record_path(config, rel), json.dumps(record).encode(), "application/json")
-        count("images_segmented")
-        yield record
+        yield finish_image(config, info, path, totals, runs)
+
+
+def write_failed(info, error):
+    count("images_rejected/write_failed")
+    yield beam.pvalue.TaggedOutput(ERRORS, error_record(info.source, "write_failed",
+                                                        f"{type(error).__name__}: {error}"[:500]))
+
+
+def finish_image(config: SegmentConfig, info, path: str, totals: dict, runs: dict) -> dict:
+    """The image's record, also written beside its mask (what --skip_existing reads back)."""
+    record = make_record(info, path, config.class_names, totals, runs)
+    write_atomic(record_path(config, info.rel), json.dumps(record).encode(), "application/json")
+    count("images_segmented")
+    return record
 
 
 def make_record(info, path, names, totals, runs) -> dict:

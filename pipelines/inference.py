@@ -117,7 +117,7 @@ def segment_strip(strip, model, fcn: FCNModelHandler, config) -> dict:
     rows = [r for r in tiling.tile_starts(info.height, tile, overlap) if r < row1 and r + th > row0]
     cols = tiling.tile_starts(info.width, tile, overlap)
     stitcher = tiling.RowStitcher(info.width, num_classes, th, overlap, row0, row1)
-    totals = {"pixels": np.zeros(num_classes, np.int64), "confidence": np.zeros(num_classes), "entropy": 0.0}
+    strip_stats = []
     workdir = tempfile.mkdtemp(prefix="segpipe-strip-")
     local = os.path.join(workdir, "part.tif")
 
@@ -126,9 +126,7 @@ def segment_strip(strip, model, fcn: FCNModelHandler, config) -> dict:
             return
         first, mask, stats = done
         dst.write(mask[None], window=Window(0, first - row0, mask.shape[1], mask.shape[0]))
-        for key in ("pixels", "confidence"):
-            totals[key] += stats[key]
-        totals["entropy"] += stats["entropy"]
+        strip_stats.append(stats)
 
     with rasters.gdal_env(), rasters.open_raster(info.source) as src, \
             rasterio.open(local, "w", **rasters.mask_profile(info, height=row1 - row0)) as dst:
@@ -146,4 +144,5 @@ def segment_strip(strip, model, fcn: FCNModelHandler, config) -> dict:
     rasters.upload_atomic(local, part)
     import shutil
     shutil.rmtree(workdir, ignore_errors=True)
-    return {"index": index, "row0": row0, "row1": row1, "part": part, "stats": totals}
+    return {"index": index, "row0": row0, "row1": row1, "part": part,
+            "stats": tiling.sum_stats(strip_stats, num_classes)}

@@ -81,6 +81,16 @@ def merge_runs(runs: list, more: list) -> list:
     return runs + list(more[1:])
 
 
+def sum_stats(stats_list, num_classes: int) -> dict:
+    """Adds up the per-block / per-strip statistics that ``resolve`` returns."""
+    total = {"pixels": np.zeros(num_classes, np.int64), "confidence": np.zeros(num_classes), "entropy": 0.0}
+    for stats in stats_list:
+        total["pixels"] += stats["pixels"]
+        total["confidence"] += stats["confidence"]
+        total["entropy"] += stats["entropy"]
+    return total
+
+
 def resolve(scores: np.ndarray, weights: np.ndarray, valid: np.ndarray, num_classes: int):
     """Blended scores -> (class mask uint8 with 255 where invalid, per-class stats dict)."""
     probabilities = scores / np.maximum(weights, 1e-12)[..., None]
