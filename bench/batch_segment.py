@@ -34,8 +34,10 @@ def make_model(model_dir: str, width: float, fc_units: int, num_classes: int = 4
 
 def make_images(folder: str, count: int, height: int, width: int) -> list:
     import numpy as np
+    import shutil
     from PIL import Image
-    os.makedirs(folder, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # (b) globs the folder: only this run's images
+    os.makedirs(folder)
     paths = []
     for k in range(count):
         rng = np.random.default_rng(k)
@@ -66,6 +68,49 @@ def bare_model_seconds(model_dir: str, paths: list, tile: int, overlap: int, bat
     return time.perf_counter() - started, len(tiles)
 
 
+def precision_check(model_dir: str, paths: list, args) -> dict:
+    """bfloat16 vs float32: speed of the bench model on the same tiles; changed pixels on a
+    trained model (an untrained FCN's zero-initialised scores would agree trivially)."""
+    import glob
+    import keras
+    import numpy as np
+    from PIL import Image
+    import segmodel  # noqa: F401
+    from segmodel import tiling
+    from segmodel.fcn import with_precision
+    model = keras.models.load_model(f"{model_dir}/model.keras", compile=False)
+    tiles = []
+    for path in paths[:4]:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        for r, c, th, tw in tiling.tile_windows(image.shape[0], image.shape[1], args.tile_size, args.tile_overlap):
+            tiles.append(image[r:r + th, c:c + tw])
+    seconds = {}
+    for precision in ("float32", "bfloat16"):
+        m = with_precision(model, precision)
+        m(np.stack(tiles[:args.batch_size]))
+        started = time.perf_counter()
+        for k in range(0, len(tiles), args.batch_size):
+            np.asarray(m(np.stack(tiles[k:k + args.batch_size])))
+        seconds[precision] = time.perf_counter() - started
+    out = {"bf16_speedup": seconds["float32"] / seconds["bfloat16"]}
+    print(f"bfloat16 vs float32, FCN-8s width {args.width}, {len(tiles)} tiles: {out['bf16_speedup']:.2f}x faster")
+    images = sorted(glob.glob(args.trained_images))
+    if os.path.exists(f"{args.trained_model}/model.keras") and images:
+        trained = keras.models.load_model(f"{args.trained_model}/model.keras", compile=False)
+        fast = with_precision(trained, "bfloat16")
+        changed = total = 0
+        for path in images:
+            image = np.asarray(Image.open(path).convert("RGB"))[None]
+            a = np.asarray(trained(image)).argmax(-1)
+            b = np.asarray(fast(image)).argmax(-1)
+            changed += int((a != b).sum())
+            total += a.size
+        out["bf16_changed_pixel_fraction"] = changed / total
+        print(f"bfloat16 changes the class of {100 * changed / total:.3f}% of pixels ({args.trained_model}, "
+              f"{len(images)} images)")
+    return out
+
+
 def peak_rss_mb(args: list) -> float:
     code = ("import resource, sys; from pipelines import batch_segment; batch_segment.run(sys.argv[1:]); "
             "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -86,6 +131,11 @@ def main(argv=None):
     parser.add_argument("--tile_overlap", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--precision", action="store_true",
+                        help="also time bfloat16 vs float32 on the same tiles, and count changed pixels with a "
+                             "trained model (--trained_model) on its held-out images (--trained_images)")
+    parser.add_argument("--trained_model", default=os.path.join(ROOT, "demo_output", "model"))
+    parser.add_argument("--trained_images", default=os.path.join(ROOT, "demo_output", "holdout", "images", "*.jpg"))
     parser.add_argument("--output", default=os.path.join(ROOT, "bench_output"))
     args = parser.parse_args(argv)
     work = os.path.join(args.output, "batch_segment")
@@ -107,6 +157,8 @@ def main(argv=None):
           f"{args.batch_size}, FCN-8s width {args.width}")
     print(f"(a) bare model: {tiles / seconds_a:.2f} tiles/s; (b) pipeline end to end: {tiles / seconds_b:.2f} "
           f"tiles/s; (b)/(a) = {seconds_a / seconds_b:.2f}")
+    if args.precision:
+        results.update(precision_check(model_dir, paths, args))
     if args.memory:
         from pipelines.demo_data import write_geotiff_mosaic
         tiny = os.path.join(work, "model_tiny")

@@ -65,6 +65,9 @@ class SegmentConfig:
     # Rows of a raster segmented by one worker: 4096 x 20000 px is ~15 s of a GPU and ~8 tiles
     # of overlap recomputed per strip (~11%), and a 20000-row raster still spreads over 5 workers.
     strip_rows: int = 4096
+    # float32 by default; bfloat16 measured 2.3x faster for FCN-8s on this project's AVX512-BF16
+    # CPUs with 0.02 % of pixels changing class on the demo model (see README).
+    precision: str = "float32"
 
     @property
     def block(self) -> int:
@@ -359,7 +362,7 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig, large_model=Fal
                | "ExpandTiles" >> beam.ParDo(ExpandTilesFn(config, image_checks.glob_root(input_pattern)))
                .with_outputs(INFOS, STRIPS, SKIPPED, ERRORS, main="tiles"))
     handler = KeyedModelHandler(FCNModelHandler(config.model, config.batch_size, large_model, model_copies,
-                                                strip_config=config))
+                                                strip_config=config, precision=config.precision))
     # Photo tiles and raster strips go through one RunInference step (one model per worker).
     predictions = ((planned.tiles, planned[STRIPS] | "KeyStrips" >> beam.Map(lambda s: ((s["info"].rel, s["index"]), s)))
                    | "TilesAndStrips" >> beam.Flatten()
@@ -410,6 +413,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bands", default=None, help="GeoTIFF bands as RGB, 1-based, e.g. 4,3,2")
     parser.add_argument("--strip_rows", type=int, default=4096,
                         help="raster rows segmented by one worker (GeoTIFFs are split into strips)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: ~2x faster on CPUs with AVX512-BF16/AMX, a few pixels differ")
     parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
     parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/REL.jpg")
     parser.add_argument("--large_model", action="store_true",
@@ -426,7 +431,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise SystemExit("--tile_overlap must be in [0, tile_size)")
     config = SegmentConfig(known.model, known.output_dir.rstrip("/"), read_class_names(known.model), known.tile_size,
                            known.tile_overlap, known.batch_size, known.bands, known.skip_existing, known.overlays,
-                           known.strip_rows)
+                           known.strip_rows, known.precision)
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.input, config, known.large_model, known.model_copies)

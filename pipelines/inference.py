@@ -44,9 +44,10 @@ class FCNModelHandler(ModelHandler[Any, PredictionResult, Any]):
     """
 
     def __init__(self, model: str, batch_size: int = 8, large_model: bool = False, model_copies: int = 1,
-                 strip_config=None):
+                 strip_config=None, precision: str = "float32"):
         super().__init__()
         self._strip_config = strip_config
+        self._precision = precision
         self._model = model
         self._batch_size = batch_size
         # large_model: one copy per machine shared by all SDK processes (Beam's multi-process
@@ -58,8 +59,9 @@ class FCNModelHandler(ModelHandler[Any, PredictionResult, Any]):
         import keras
         import segmodel  # noqa: F401  (registers the FCN's custom layers)
         path = local_model_path(self._model)
-        LOG.info("loading %s", path)
-        return keras.models.load_model(path, compile=False)
+        from segmodel.fcn import with_precision
+        LOG.info("loading %s (%s)", path, self._precision)
+        return with_precision(keras.models.load_model(path, compile=False), self._precision)
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:

@@ -164,3 +164,31 @@ def export_model(model: keras.Model, path: str, layout: str = "nhwc") -> keras.M
         raise ValueError(f"layout must be nhwc or nchw, got {layout!r}")
     exported.save(path)
     return exported
+
+
+def with_precision(model: keras.Model, precision: str = "float32") -> keras.Model:
+    """The same network and weights computing in ``precision``: ``float32`` (returns ``model``) or
+    ``bfloat16`` (Keras's mixed_bfloat16: bf16 matmuls and convolutions, float32 variables and
+    float32 scores). On CPUs with AVX512-BF16 or AMX this runs the FCN ~2x faster."""
+    if precision in ("float32", "", None):
+        return model
+    if precision != "bfloat16":
+        raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+    config = model.get_config()
+    outputs = {entry[0] for entry in _output_entries(config["output_layers"])}
+    for layer in config["layers"]:
+        # Inputs stay as given; the output layers stay float32 (softmax and argmax on the scores).
+        if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in outputs:
+            layer["config"]["dtype"] = "mixed_bfloat16"
+    converted = keras.Model.from_config(config)
+    converted.set_weights(model.get_weights())
+    return converted
+
+
+def _output_entries(output_layers):
+    """[name, node, tensor] entries of a functional config's output_layers, however nested."""
+    if isinstance(output_layers, dict):
+        output_layers = list(output_layers.values())
+    if output_layers and isinstance(output_layers[0], str):
+        return [output_layers]
+    return [entry for item in output_layers for entry in _output_entries(item)]

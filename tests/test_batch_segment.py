@@ -192,3 +192,17 @@ def test_batch_segment_dataflow_job_builds_offline(pointwise_model, tmp_path, gc
                        "--output_dir", f"gs://{gcs_bucket}/df-out", *dataflow_args(gcs_bucket, tmp_path)])
     names = staged_pipeline_transforms(tmp_path / "template.json")
     assert {"ExpandTiles", "RunInference", "StitchBlocks", "WriteMasks", "Assemble"} <= {n.split("/")[0] for n in names}
+
+
+def test_bfloat16_precision_keeps_almost_every_pixel(pointwise_model, tmp_path):
+    model_dir, model = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = random_image(inputs / "a.png", 120, 90, 21)
+    segment(model_dir, f"{inputs}/*.png", tmp_path / "out", "--tile_size", "64", "--precision", "bfloat16")
+    mask = np.asarray(Image.open(tmp_path / "out/masks/a.png"))
+    fp32 = np.asarray(model(image[None].astype("float32"))).argmax(-1)[0]
+    assert mask.shape == fp32.shape and np.mean(mask != fp32) <= 0.01
+    bf16 = fcn.with_precision(model, "bfloat16")
+    assert bf16.get_layer(index=-1).compute_dtype == "float32" and any(
+        layer.compute_dtype == "bfloat16" for layer in bf16.layers)
