@@ -23,7 +23,7 @@ bench: $(STAMP)
 	$(PY) bench/coco_to_tfrecord.py --num_images 10000 --profile
 	$(PY) bench/input_pipeline.py
 	$(PY) bench/fcn_forward.py
-	$(PY) bench/batch_segment.py --images 16 --memory
+	$(PY) bench/batch_segment.py --images 24 --memory
 
 clean:
 	rm -rf demo_output .pytest_cache build *.egg-info
