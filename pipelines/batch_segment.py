@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pipelines import images as image_checks
 from pipelines import rasters
 from pipelines.inference import FCNModelHandler
-from pipelines.transforms import ERRORS, Progress, count, error_record, log_summary, make_pipeline, write_atomic
+from pipelines.transforms import ERRORS, Progress, count, error_record, make_pipeline, run_and_summarize, write_atomic
 from segmodel import tiling
 
 LOG = logging.getLogger(__name__)
@@ -435,10 +435,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.input, config, known.large_model, known.model_copies)
-    result = p.run()
-    result.wait_until_finish()
-    log_summary("batch_segment", result, started)
-    return result
+    return run_and_summarize(p, "batch_segment", started)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
 from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset,
-                                  count, error_record, log_summary, make_pipeline)
+                                  count, error_record, make_pipeline, run_and_summarize)
 from segmodel import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
@@ -303,10 +303,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards)
-    result = p.run()
-    result.wait_until_finish()
-    log_summary("coco_to_tfrecord", result, started)
-    return result
+    return run_and_summarize(p, "coco_to_tfrecord", started)
 
 
 if __name__ == "__main__":

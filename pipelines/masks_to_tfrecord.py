@@ -32,8 +32,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset, count, error_record, log_summary,
-                                  make_pipeline)
+from pipelines.transforms import (ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset, count, error_record,
+                                  make_pipeline, run_and_summarize)
 from segmodel.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -239,10 +239,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.images, known.masks, color_map, known.output_dir, known.split, known.num_shards,
                    known.image_key_regex, known.mask_key_regex)
-    result = p.run()
-    result.wait_until_finish()
-    log_summary("masks_to_tfrecord", result, started)
-    return result
+    return run_and_summarize(p, "masks_to_tfrecord", started)
 
 
 if __name__ == "__main__":

@@ -271,6 +271,14 @@ class WriteSegmentationDataset(beam.PTransform):
         return shards.shards
 
 
+def run_and_summarize(p: beam.Pipeline, job: str, started: float):
+    """Runs the pipeline to the end and prints the job's one-line summary; returns the result."""
+    result = p.run()
+    result.wait_until_finish()
+    log_summary(job, result, started)
+    return result
+
+
 def log_summary(job: str, result, started: float) -> dict:
     """Logs one line: the job's counters and elapsed time; returns the counters."""
     counters = {}

@@ -37,6 +37,14 @@ def _upsample(x, num_classes, factor, name, trainable=True):
                                   name=name)(x)
 
 
+def _fuse_skip(score, pool, scale: float, name: str):
+    """score + a zero-initialised 1x1 class-score layer on the scaled pooling output ``pool``."""
+    num_classes = score.shape[-1]
+    skip = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=f"score_{name}")(
+        layers.Rescaling(scale, name=f"scale_{name}")(pool))
+    return layers.Add(name=f"fuse_{name}")([score, skip])
+
+
 def build_fcn(arch: str = "fcn8s", num_classes: int = 21, *, width: float = 1.0, fc_units: int = 4096,
               fc6_kernel: int = 7, dropout: float = 0.5, batch_norm: bool = False, skip_scales=(0.01, 0.0001),
               normalization: str = "imagenet",
@@ -77,17 +85,11 @@ def build_fcn(arch: str = "fcn8s", num_classes: int = 21, *, width: float = 1.0,
     if arch == "fcn32s":
         score = _upsample(score, num_classes, 32, "upscore32", trainable=False)
     else:
-        score = _upsample(score, num_classes, 2, "upscore2")
-        skip4 = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name="score_pool4")(
-            layers.Rescaling(skip_scales[0], name="scale_pool4")(pool4))
-        score = layers.Add(name="fuse_pool4")([score, skip4])
+        score = _fuse_skip(_upsample(score, num_classes, 2, "upscore2"), pool4, skip_scales[0], "pool4")
         if arch == "fcn16s":
             score = _upsample(score, num_classes, 16, "upscore16", trainable=False)
         else:
-            score = _upsample(score, num_classes, 2, "upscore_pool4")
-            skip3 = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name="score_pool3")(
-                layers.Rescaling(skip_scales[1], name="scale_pool3")(pool3))
-            score = layers.Add(name="fuse_pool3")([score, skip3])
+            score = _fuse_skip(_upsample(score, num_classes, 2, "upscore_pool4"), pool3, skip_scales[1], "pool3")
             score = _upsample(score, num_classes, 8, "upscore8", trainable=False)
     score = CropLike(name="crop_to_input")(score, images)
     # float32 scores even under a mixed-precision policy: softmax and the loss need the range.
