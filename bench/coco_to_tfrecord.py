@@ -51,9 +51,10 @@ def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -
     import pstats
     import ijson
     from pipelines import coco_to_tfrecord as c
+    from segmodel import masks
     with open(annotations, "rb") as handle:
         categories = list(ijson.items(handle, "categories.item", use_float=True))
-    table = c._class_table(categories, "all")
+    table = masks.build_class_table(categories, "all")
     anns = {}
     for section, obj in c.stream_coco(annotations):
         if section == "annotations":

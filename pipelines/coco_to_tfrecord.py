@@ -238,13 +238,6 @@ class CocoExampleFn(beam.DoFn):
                                                  image_checks.encode_mask_png(mask))
 
 
-def _class_table(categories, spec):
-    table = mask_lib.build_class_table(categories, spec)
-    # Remember which ids the JSON declares, to tell "not selected" from "unknown".
-    object.__setattr__(table, "known_category_ids", frozenset(int(c["id"]) for c in categories))
-    return table
-
-
 def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output_dir: str,
                    num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES):
     parsed = (p
@@ -253,7 +246,7 @@ def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output
                   IMAGES, ANNOTATIONS, CATEGORIES, ERRORS, STATS))
     tables = (parsed[CATEGORIES]
               | "CollectCategories" >> beam.combiners.ToList()
-              | "ClassTable" >> beam.Map(_class_table, classes_spec))
+              | "ClassTable" >> beam.Map(mask_lib.build_class_table, classes_spec))
     converted = (
         {IMAGES: parsed[IMAGES], ANNOTATIONS: parsed[ANNOTATIONS]}
         | "GroupByImage" >> beam.CoGroupByKey()

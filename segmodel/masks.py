@@ -208,6 +208,8 @@ class ClassTable:
     category_to_index: dict  # COCO category id -> mask index (0..254 or 255)
     names: tuple  # names[i] is the name of mask index i; names[0] == "background"
     coco_ids: tuple  # coco_ids[i]: the COCO category id of index i, or None
+    # every category id the dataset declares: tells "not selected by --classes" from "unknown"
+    known_category_ids: frozenset = frozenset()
 
     def to_json(self) -> dict:
         classes = []
@@ -226,17 +228,18 @@ def build_class_table(categories: Sequence[dict], spec="all") -> ClassTable:
     (int or decimal string) or name to mask index.
     """
     by_id = {int(c["id"]): c for c in categories}
+    known = frozenset(by_id)
     if spec == "all":
         ids = sorted(by_id)
         if len(ids) > MAX_CLASSES:
             raise ValueError(f"{len(ids)} categories do not fit an 8-bit mask; pass --classes FILE")
         names = ("background",) + tuple(str(by_id[i].get("name", i)) for i in ids)
-        return ClassTable({cid: k + 1 for k, cid in enumerate(ids)}, names, (None,) + tuple(ids))
+        return ClassTable({cid: k + 1 for k, cid in enumerate(ids)}, names, (None,) + tuple(ids), known)
     if spec == "voc":
         names = ("background",) + tuple(
             str(by_id[cid].get("name", VOC_NAMES[k])) if cid in by_id else VOC_NAMES[k]
             for k, cid in enumerate(VOC_COCO_IDS))
-        return ClassTable({cid: k + 1 for k, cid in enumerate(VOC_COCO_IDS)}, names, (None,) + VOC_COCO_IDS)
+        return ClassTable({cid: k + 1 for k, cid in enumerate(VOC_COCO_IDS)}, names, (None,) + VOC_COCO_IDS, known)
     if isinstance(spec, dict):
         by_name = {str(c.get("name")): int(c["id"]) for c in categories}
         mapping = {}
@@ -257,5 +260,5 @@ def build_class_table(categories: Sequence[dict], spec="all") -> ClassTable:
             names.append("+".join(str(by_id[c].get("name", c)) if c in by_id else str(c) for c in members)
                          or f"class_{index}")
             ids.append(members[0] if len(members) == 1 else None)
-        return ClassTable(mapping, tuple(names), tuple(ids))
+        return ClassTable(mapping, tuple(names), tuple(ids), known)
     raise ValueError(f"--classes must be all, voc or a mapping, got {spec!r}")
