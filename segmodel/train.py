@@ -90,20 +90,17 @@ def make_optimizer(config, total_steps: int):
     raise ValueError(f"optimizer must be sgd or adam, got {config.optimizer!r}")
 
 
-class StepBudget:
-    """Keras callback factory: stops training once the optimizer has taken ``max_steps`` steps
+def step_budget(max_steps: int):
+    """A Keras callback that stops training once the optimizer has taken ``max_steps`` steps
     (counted across resumes, since the optimizer's iteration count is checkpointed)."""
+    import keras
 
-    @staticmethod
-    def make(max_steps: int):
-        import keras
+    class StepBudget(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= max_steps:
+                self.model.stop_training = True
 
-        class _StepBudget(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if int(self.model.optimizer.iterations.numpy()) >= max_steps:
-                    self.model.stop_training = True
-
-        return _StepBudget()
+    return StepBudget()
 
 
 def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=()) -> dict:
@@ -163,7 +160,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
         keras.callbacks.TerminateOnNaN(),
     ]
     if config.max_steps:
-        callbacks.append(StepBudget.make(config.max_steps))
+        callbacks.append(step_budget(config.max_steps))
     best_path = f"{scratch}/best.keras"
     if val_ds is not None:
         callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_mean_iou", mode="max",
