@@ -34,7 +34,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pipelines import images as image_checks
 from pipelines import rasters
 from pipelines.inference import FCNModelHandler
-from pipelines.transforms import ERRORS, Progress, count, error_record, make_pipeline, run_and_summarize, write_atomic
+from pipelines.transforms import (ERRORS, Progress, commit_temp, count, error_record, make_pipeline, run_and_summarize,
+                                  temp_name, write_atomic)
 from segmodel import tiling
 
 LOG = logging.getLogger(__name__)
@@ -341,7 +342,7 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                 anns_part.write(("" if first_ann else ",\n") + json.dumps(dict(ann, id=ann_id, image_id=image_id)))
                 first_ann = False
         categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(class_names) if i > 0]
-        temp = f"{output_dir}/labels_coco.json.tmp-{time.time_ns()}"
+        temp = temp_name(f"{output_dir}/labels_coco.json")
         with FileSystems.create(temp, mime_type="application/json") as out:
             out.write(json.dumps({"description": "segpipe machine labels"}).join(
                 ['{"info": ', f', "licenses": [], "categories": {json.dumps(categories)}, "images": [\n']).encode())
@@ -350,9 +351,7 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                 while chunk := part.read(1 << 20):
                     out.write(chunk.encode())
                 out.write(closing.encode())
-    if FileSystems.exists(f"{output_dir}/labels_coco.json"):
-        FileSystems.delete([f"{output_dir}/labels_coco.json"])
-    FileSystems.rename([temp], [f"{output_dir}/labels_coco.json"])
+    commit_temp(temp, f"{output_dir}/labels_coco.json")
 
 
 def build_pipeline(p, input_pattern: str, config: SegmentConfig, large_model=False, model_copies=1):

@@ -73,13 +73,6 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, decode: boo
     return fmt, height, width
 
 
-def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Full decode to uint8 RGB [H, W, 3]."""
-    inspect_image(data, max_pixels, decode=False)
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """Single-channel 8-bit PNG of a class mask.
 

@@ -2,13 +2,11 @@
 masks (PNG, or a tiled, compressed, Cloud-Optimized GeoTIFF keeping the input's CRS/transform)."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
 import shutil
 import tempfile
-import uuid
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
@@ -34,21 +32,6 @@ class ImageInfo:
 
 def is_geotiff(path: str) -> bool:
     return path.lower().endswith(GEOTIFF_SUFFIXES)
-
-
-@contextlib.contextmanager
-def local_file(path: str):
-    """A local path for ``path``: itself, or a streamed temporary copy of a remote object."""
-    if "://" not in path:
-        yield path
-        return
-    handle, local = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
-    try:
-        with FileSystems.open(path) as src, os.fdopen(handle, "wb") as dst:
-            shutil.copyfileobj(src, dst, 16 << 20)
-        yield local
-    finally:
-        os.unlink(local)
 
 
 def choose_bands(count: int, bands: str | None) -> tuple:
@@ -142,12 +125,11 @@ def mask_profile(info: ImageInfo, height: int | None = None) -> dict:
 
 
 def upload_atomic(local: str, path: str, mime_type: str = "image/tiff") -> None:
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    from pipelines.transforms import commit_temp, temp_name
+    temp = temp_name(path)
     with open(local, "rb") as src, FileSystems.create(temp, mime_type=mime_type) as dst:
         shutil.copyfileobj(src, dst, 16 << 20)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temp], [path])
+    commit_temp(temp, path)
 
 
 def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> str:

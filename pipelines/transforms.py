@@ -77,14 +77,23 @@ class Progress:
                      self.done / max(now - self.started, 1e-9))
 
 
-def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    """Writes through a temporary name and renames, so no reader sees half a file."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temp, mime_type=mime_type) as handle:
-        handle.write(data)
+def temp_name(path: str) -> str:
+    """A unique sibling of ``path`` to write before ``commit_temp`` moves it into place."""
+    return f"{path}.tmp-{uuid.uuid4().hex}"
+
+
+def commit_temp(temp: str, path: str) -> None:
+    """Moves a fully written temporary file over ``path`` (replacing it): no reader sees half a file."""
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([temp], [path])
+
+
+def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    temp = temp_name(path)
+    with FileSystems.create(temp, mime_type=mime_type) as handle:
+        handle.write(data)
+    commit_temp(temp, path)
 
 
 def write_json(path: str, obj) -> None:
@@ -178,7 +187,7 @@ class WriteShardFn(beam.DoFn):
         from segmodel.features import build_example
         (split, index, total), refs = element
         path = FileSystems.join(self.output_dir, shard_name(split, index, total))
-        temp = f"{path}.tmp-{uuid.uuid4().hex}"
+        temp = temp_name(path)
         with FileSystems.create(temp) as handle:
             # Sorted by source id: the same inputs give byte-identical shards on every run.
             for _, ref in sorted((r for r in refs if r is not None), key=lambda r: r[0]):
@@ -194,9 +203,7 @@ class WriteShardFn(beam.DoFn):
                     continue
                 _TFRecordUtil.write_record(handle, build_example(
                     data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png))
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        FileSystems.rename([temp], [path])
+        commit_temp(temp, path)
         count("shards_written")
         yield path
 

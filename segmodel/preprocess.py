@@ -97,13 +97,6 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
             tf.ensure_shape(tf.cast(mask_patch, tf.uint8), [crop_height, crop_width, 1]))
 
 
-def random_flip(image, mask):
-    import tensorflow as tf
-    flip = tf.random.uniform([]) < 0.5
-    return (tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image),
-            tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask))
-
-
 def photometric_jitter(image, strength: float = 1.0):
     """Mild saturation, contrast and brightness changes on a float 0..255 image. All three are
     linear in RGB, so they are fused into one 3x3 colour matrix and an offset: one pass over the

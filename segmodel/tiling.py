@@ -50,10 +50,6 @@ def blocks_of_window(row: int, col: int, th: int, tw: int, block: int):
                    (slice(r0 - br * block, r1 - br * block), slice(c0 - bc * block, c1 - bc * block)))
 
 
-def block_shape(br: int, bc: int, height: int, width: int, block: int):
-    return min(block, height - br * block), min(block, width - bc * block)
-
-
 def column_runs(binary: np.ndarray) -> list:
     """COCO uncompressed-RLE counts of a [h, w] binary array in column-major order (zeros first)."""
     flat = np.asarray(binary, dtype=bool).ravel(order="F")
