@@ -23,7 +23,7 @@ setuptools.setup(
     version="0.1.0",
     description="Semantic segmentation at scale: COCO/mask datasets -> FCN training -> batch segmentation on Beam",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "segmodel", "segmodel.*"]),
+    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "segformat", "segformat.*", "segmodel", "segmodel.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # selenium drives Debian's chromium/chromedriver for the report's browser test.

@@ -51,7 +51,7 @@ def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -
     import pstats
     import ijson
     from pipelines import coco_to_tfrecord as c
-    from segmodel import masks
+    from segformat import masks
     with open(annotations, "rb") as handle:
         categories = list(ijson.items(handle, "categories.item", use_float=True))
     table = masks.build_class_table(categories, "all")

@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import images as image_checks
 from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset,
                                   count, error_record, make_pipeline, run_and_summarize)
-from segmodel import masks as mask_lib
+from segformat import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
 IMAGES, ANNOTATIONS, CATEGORIES = "images", "annotations", "categories"
@@ -227,7 +227,8 @@ class CocoExampleFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(ERRORS, error_record(
                     f"annotation {ann['id']}", reason, detail, image_id=image_id, file_name=image["file_name"]))
         mask = mask_lib.paint_class_mask(height, width, instances, config.crowd, config.overlap)
-        for value, pixels in enumerate(mask_lib.class_pixel_counts(mask)):
+        painted = {i.class_index for i in instances} | {mask_lib.IGNORE_INDEX}
+        for value, pixels in enumerate(mask_lib.class_pixel_counts(mask, painted)):
             if pixels:
                 stats[f"pixels/{value}"] = int(pixels)
         split = split_for(image_id, config.val_fraction, config.split)

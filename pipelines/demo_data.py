@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segmodel import masks as mask_lib
+from segformat import masks as mask_lib
 
 CATEGORIES = [{"id": 1, "name": "road", "supercategory": "ground"},
               {"id": 2, "name": "building", "supercategory": "structure"},

@@ -34,7 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import images as image_checks
 from pipelines.transforms import (ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset, count, error_record,
                                   make_pipeline, run_and_summarize)
-from segmodel.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
+from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
 IMAGE, MASK = "image", "mask"

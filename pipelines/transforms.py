@@ -184,7 +184,7 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
-        from segmodel.features import build_example
+        from segformat.records import build_example
         (split, index, total), refs = element
         path = FileSystems.join(self.output_dir, shard_name(split, index, total))
         temp = temp_name(path)

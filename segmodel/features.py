@@ -1,46 +1,9 @@
-"""The tf.train.Example keys of a segmentation record, and how to build and parse one.
-
-The keys are TensorFlow Model Garden's semantic-segmentation keys, so Model Garden's own
-``segmentation_input`` decoder reads our shards too. The dataset writers, the trainer and the
-evaluator all go through this module; nothing else spells a key.
-"""
+"""Parsing a segmentation record in tf.data (the keys and the writer live in ``segformat.records``,
+which the dataset pipelines use without TensorFlow)."""
 from __future__ import annotations
 
-IMAGE_ENCODED = "image/encoded"
-IMAGE_FORMAT = "image/format"
-IMAGE_HEIGHT = "image/height"
-IMAGE_WIDTH = "image/width"
-IMAGE_FILENAME = "image/filename"
-IMAGE_SOURCE_ID = "image/source_id"
-MASK_ENCODED = "image/segmentation/class/encoded"
-MASK_FORMAT = "image/segmentation/class/format"
-
-
-def build_example(image_bytes: bytes, image_format: str, height: int, width: int,
-                  filename: str, source_id: str, mask_png: bytes) -> bytes:
-    """A serialized tf.train.Example; ``image_bytes`` are the original file's bytes."""
-    # Imported here so that importing segmodel.features stays cheap for callers that only
-    # need the key names.
-    from tensorflow.core.example import example_pb2, feature_pb2
-
-    def _bytes(value: bytes):
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
-
-    def _int(value: int):
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(value)]))
-
-    example = example_pb2.Example(features=feature_pb2.Features(feature={
-        IMAGE_ENCODED: _bytes(image_bytes),
-        IMAGE_FORMAT: _bytes(image_format.encode()),
-        IMAGE_HEIGHT: _int(height),
-        IMAGE_WIDTH: _int(width),
-        IMAGE_FILENAME: _bytes(filename.encode()),
-        IMAGE_SOURCE_ID: _bytes(str(source_id).encode()),
-        MASK_ENCODED: _bytes(mask_png),
-        MASK_FORMAT: _bytes(b"png"),
-    }))
-    # deterministic: map fields in a fixed order, so re-runs give byte-identical shards.
-    return example.SerializeToString(deterministic=True)
+from segformat.records import (IMAGE_ENCODED, IMAGE_FILENAME, IMAGE_FORMAT, IMAGE_HEIGHT,  # noqa: F401
+                               IMAGE_SOURCE_ID, IMAGE_WIDTH, MASK_ENCODED, MASK_FORMAT, build_example)
 
 
 def feature_spec():

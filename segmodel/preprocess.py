@@ -40,32 +40,67 @@ def normalize(images, mode: str):
 
 # --- paired training transforms (tf.data) ---------------------------------------------------
 
+def _nearest_sources(n_in, n_out, first, count):
+    """Source index of output pixels first .. first + count - 1 when n_in pixels are resized to
+    n_out with nearest neighbour (tf.image.resize's half-pixel rule: floor((i + 0.5) * in / out));
+    positions at or past n_out get n_in, one past the source (where callers keep a padding row)."""
+    import tensorflow as tf
+    position = first + tf.range(count)
+    ratio = tf.cast(n_in, tf.float32) / tf.cast(n_out, tf.float32)
+    source = tf.minimum(tf.cast(tf.floor((tf.cast(position, tf.float32) + 0.5) * ratio), tf.int32), n_in - 1)
+    return tf.where(position < n_out, source, n_in)
+
+
 def resize_nearest(mask, size):
-    """Nearest-neighbour resize of a label map with two gathers (the source pixel of output pixel
-    i is floor((i + 0.5) * in / out), tf.image.resize's half-pixel rule), exact and several times
-    faster than tf.image.resize(method="nearest") on uint8 masks, which goes through float32."""
+    """Nearest-neighbour resize of a label map with two gathers, exactly tf.image.resize's
+    "nearest" and several times faster on uint8 masks (which it takes through float32)."""
     import tensorflow as tf
     source = tf.shape(mask)[:2]
-
-    def index(n_in, n_out):
-        ratio = tf.cast(n_in, tf.float32) / tf.cast(n_out, tf.float32)
-        positions = tf.floor((tf.cast(tf.range(n_out), tf.float32) + 0.5) * ratio)
-        return tf.minimum(tf.cast(positions, tf.int32), n_in - 1)
-
-    rows = index(source[0], size[0])
-    cols = index(source[1], size[1])
+    rows = _nearest_sources(source[0], size[0], 0, size[0])
+    cols = _nearest_sources(source[1], size[1], 0, size[1])
     return tf.gather(tf.gather(mask, rows, axis=0), cols, axis=1)
 
 
-def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
-                      flip: bool = True):
-    """Random scale, random crop, optional horizontal flip and padding, resampling only the
-    region the crop needs: the image bilinearly, the mask with nearest neighbour at the same
-    size, so the two stay aligned; where the scaled image is smaller than the crop, the image is
-    padded with 0 and the mask with 255 (ignore). At scale 1 the crop copies pixels exactly.
+def _colour_jitter(image, strength: float):
+    """Mild saturation, contrast and brightness changes as one 3x3 colour matrix and an offset
+    (all three are linear in RGB: one pass over the pixels instead of tf.image's HSV round trip).
+    No clipping here: see photometric_jitter."""
+    import tensorflow as tf
+    saturation = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
+    contrast = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
+    brightness = tf.random.uniform([], -0.1 * strength, 0.1 * strength) * 255.0
+    luma = tf.constant([[0.299, 0.587, 0.114]])
+    # saturation: x -> grey + s (x - grey); contrast: x -> mean + c (x - mean); then + brightness
+    colour = contrast * (saturation * tf.eye(3) + (1 - saturation) * tf.ones([3, 1]) * luma)
+    mean = tf.reduce_sum(tf.reduce_mean(tf.reshape(image, [-1, 3]), axis=0) * luma[0])
+    offset = (1 - contrast) * mean + brightness
+    return tf.tensordot(image, tf.transpose(colour), 1) + offset
 
-    Scaling a whole 640x480 photo by 2 to keep a 512x512 crop of it would resample four times
-    the pixels; cutting the patch first keeps the cost at the crop's size whatever the scale.
+
+def photometric_jitter(image, strength: float = 1.0):
+    """Colour jitter of a float 0..255 image, clipped back to 0..255."""
+    import tensorflow as tf
+    if strength <= 0:
+        return image
+    return tf.clip_by_value(_colour_jitter(image, strength), 0.0, 255.0)
+
+
+def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
+                      flip: bool = True, jitter: float = 0.0):
+    """Random scale, random crop, optional horizontal flip, colour jitter and padding, resampling
+    only the region the crop needs: the image bilinearly, the mask with nearest neighbour on the
+    same grid, so the two stay aligned; where the scaled image is smaller than the crop, the image
+    is padded with 0 and the mask with 255 (ignore). At scale 1 the crop copies pixels exactly.
+
+    Costs are kept at the crop's size whatever the scale (scaling a whole 640x480 photo by 2 to
+    keep a 512x512 crop of it would resample four times the pixels):
+    * the source patch under the crop is cut first and converted to float32 before resizing
+      (TensorFlow's bilinear kernel is about twice as fast on float32 input as on uint8);
+    * the colour jitter is linear, and bilinear weights sum to one, so its matrix is applied to
+      the patch before resizing (fewer pixels at scales above 1) and only the clip to 0..255
+      runs on the crop: the result is the same as jittering the crop;
+    * the mask is gathered straight into the crop with one padding row and column of 255, no
+      intermediate resized mask and no pad pass.
     """
     import tensorflow as tf
     scale = tf.random.uniform([], min_scale, max_scale)
@@ -84,38 +119,26 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
         flipped = tf.random.uniform([]) < 0.5
         patch = tf.cond(flipped, lambda: tf.reverse(patch, [1]), lambda: patch)
         mask_patch = tf.cond(flipped, lambda: tf.reverse(mask_patch, [1]), lambda: mask_patch)
-    target = tf.maximum(tf.cast(tf.round(tf.cast(stop - start, tf.float32) * scale), tf.int32), 1)
-    patch = tf.image.resize(patch, target, method="bilinear")
-    mask_patch = resize_nearest(mask_patch, target)
+    patch = tf.cast(patch, tf.float32)
+    if jitter > 0:
+        patch = _colour_jitter(patch, jitter)
+    extent = stop - start
+    target = tf.maximum(tf.cast(tf.round(tf.cast(extent, tf.float32) * scale), tf.int32), 1)
     shift = tf.clip_by_value(offset - tf.cast(tf.round(tf.cast(start, tf.float32) * scale), tf.int32), 0, target - 1)
+    patch = tf.image.resize(patch, target, method="bilinear")
     patch = patch[shift[0]:shift[0] + crop_height, shift[1]:shift[1] + crop_width]
-    mask_patch = mask_patch[shift[0]:shift[0] + crop_height, shift[1]:shift[1] + crop_width]
     pad = crop - tf.shape(patch)[:2]
     patch = tf.pad(patch, [[0, pad[0]], [0, pad[1]], [0, 0]], constant_values=0.0)
-    mask_patch = tf.pad(mask_patch, [[0, pad[0]], [0, pad[1]], [0, 0]], constant_values=IGNORE_INDEX)
+    if jitter > 0:
+        patch = tf.clip_by_value(patch, 0.0, 255.0)
+    mask_patch = tf.pad(mask_patch, [[0, 1], [0, 1], [0, 0]], constant_values=IGNORE_INDEX)
+    rows = _nearest_sources(extent[0], target[0], shift[0], crop_height)
+    cols = _nearest_sources(extent[1], target[1], shift[1], crop_width)
+    mask_patch = tf.gather(tf.gather(mask_patch, rows, axis=0), cols, axis=1)
     return (tf.ensure_shape(patch, [crop_height, crop_width, 3]),
             tf.ensure_shape(tf.cast(mask_patch, tf.uint8), [crop_height, crop_width, 1]))
 
 
-def photometric_jitter(image, strength: float = 1.0):
-    """Mild saturation, contrast and brightness changes on a float 0..255 image. All three are
-    linear in RGB, so they are fused into one 3x3 colour matrix and an offset: one pass over the
-    pixels instead of tf.image's HSV round trip."""
-    import tensorflow as tf
-    if strength <= 0:
-        return image
-    saturation = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
-    contrast = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
-    brightness = tf.random.uniform([], -0.1 * strength, 0.1 * strength) * 255.0
-    luma = tf.constant([[0.299, 0.587, 0.114]])
-    # saturation: x -> grey + s (x - grey); contrast: x -> mean + c (x - mean); then + brightness
-    colour = contrast * (saturation * tf.eye(3) + (1 - saturation) * tf.ones([3, 1]) * luma)
-    mean = tf.reduce_sum(tf.reduce_mean(image, axis=[0, 1]) * luma[0])
-    offset = (1 - contrast) * mean + brightness
-    return tf.clip_by_value(tf.tensordot(image, tf.transpose(colour), 1) + offset, 0.0, 255.0)
-
-
 def augment(image, mask, crop_size, min_scale=0.5, max_scale=2.0, jitter=1.0):
     """uint8 image [H, W, 3], uint8 mask [H, W, 1] -> float image and uint8 mask at crop_size."""
-    image, mask = random_scale_crop(image, mask, crop_size[0], crop_size[1], min_scale, max_scale)
-    return photometric_jitter(image, jitter), mask
+    return random_scale_crop(image, mask, crop_size[0], crop_size[1], min_scale, max_scale, jitter=jitter)

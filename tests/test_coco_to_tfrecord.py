@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 
 from pipelines import coco_to_tfrecord
 from segmodel import features as F
-from segmodel.masks import IGNORE_INDEX, VOC_COCO_IDS
+from segformat.masks import IGNORE_INDEX, VOC_COCO_IDS
 from tests.conftest import upload_tree
 from tests.helpers import read_records
 from tests.test_masks import torchvision_rule

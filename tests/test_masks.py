@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from segmodel import masks as M
+from segformat import masks as M
 
 
 def square(x0, y0, x1, y1):
@@ -87,6 +87,16 @@ def test_smaller_objects_are_painted_on_top_and_ties_go_by_id():
     # Equal areas: the higher annotation id is painted last.
     a, b = instance(3, 3, square(0, 0, 10, 10)), instance(4, 4, square(0, 0, 10, 10))
     assert M.paint_class_mask(20, 20, [b, a])[5, 5] == 4
+
+
+def test_pixel_counts_of_known_values_equal_a_full_histogram():
+    person = instance(1, 7, square(0, 0, 8, 8))
+    crowd = instance(2, 3, square(5, 5, 15, 15), crowd=True)
+    mask = M.paint_class_mask(20, 20, [person, crowd], crowd="ignore")
+    full = np.bincount(np.asarray(mask).ravel(), minlength=256)
+    assert np.array_equal(M.class_pixel_counts(mask), full)
+    assert np.array_equal(M.class_pixel_counts(mask, {7, M.IGNORE_INDEX}), full)
+    assert full[7] and full[M.IGNORE_INDEX] and full[0]
 
 
 def test_crowd_modes():

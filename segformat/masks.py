@@ -195,9 +195,21 @@ def paint_class_mask(height: int, width: int, instances: Iterable[Instance],
     return mask  # column-major; np.asarray(mask, order="C") if a consumer needs rows
 
 
-def class_pixel_counts(mask: np.ndarray) -> np.ndarray:
-    """Pixel count per mask value 0..255."""
-    return np.bincount(mask.ravel(order="K"), minlength=256)  # "K": no copy of a column-major mask
+def class_pixel_counts(mask: np.ndarray, values=None) -> np.ndarray:
+    """Pixel count per mask value 0..255.
+
+    ``values``: every non-zero value the mask may hold, when the caller knows them (the classes
+    it painted, plus 255): then only those are counted and 0 gets the rest, about 5x cheaper
+    than a full histogram (np.bincount widens every uint8 pixel to int64 first).
+    """
+    flat = mask.ravel(order="K")  # "K": no copy of a column-major mask
+    if values is None:
+        return np.bincount(flat, minlength=256)
+    counts = np.zeros(256, np.int64)
+    for value in set(values) - {0}:
+        counts[value] = np.count_nonzero(flat == value)
+    counts[0] = flat.size - counts.sum()
+    return counts
 
 
 # --- class tables ------------------------------------------------------------------------------
