@@ -7,7 +7,7 @@ import logging
 import tensorflow as tf
 
 from segmodel import preprocess
-from segmodel.features import decode_record
+from segmodel.features import decode_record, decode_record_window
 
 LOG = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -35,10 +35,14 @@ def training_dataset(pattern: str, batch_size: int, crop_size=(512, 512), min_sc
                      jitter=1.0, shuffle_buffer=256, seed=None) -> tf.data.Dataset:
     """Endless, shuffled, augmented batches: (float images [B, h, w, 3] 0..255, uint8 masks [B, h, w, 1])."""
     ds = _records(pattern, shuffle=True, seed=seed).shuffle(shuffle_buffer, seed=seed).repeat()
-    # Decode and augment in one map: one function call per example instead of two.
-    ds = ds.map(lambda record: preprocess.augment(*decode_record(record, fast_jpeg=True), crop_size, min_scale,
-                                                  max_scale, jitter),
-                num_parallel_calls=AUTOTUNE, deterministic=False)
+    # Decode and augment in one map (one function call per example), decoding only the part of
+    # each JPEG the random crop needs.
+    def augmented(record):
+        image, mask, window = decode_record_window(
+            record, lambda size: preprocess.crop_window(size, crop_size[0], crop_size[1], min_scale, max_scale))
+        return preprocess.resample_window(image, mask, window, crop_size[0], crop_size[1], jitter=jitter)
+
+    ds = ds.map(augmented, num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -103,18 +103,33 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
       intermediate resized mask and no pad pass.
     """
     import tensorflow as tf
+    window = crop_window(tf.shape(image)[:2], crop_height, crop_width, min_scale, max_scale)
+    start, stop = window["start"], window["stop"]
+    return resample_window(image[start[0]:stop[0], start[1]:stop[1]], mask[start[0]:stop[0], start[1]:stop[1]],
+                           window, crop_height, crop_width, flip, jitter)
+
+
+def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_scale: float) -> dict:
+    """Draws a random scale and crop position for an image of ``size`` [2] (int32): the scale,
+    the crop's offset in the scaled image, and the source rows/columns [start, stop) it needs
+    (one pixel wider for the bilinear taps). Needs only the size, so a JPEG can be decoded for
+    just that window (``segmodel.dataset``)."""
+    import tensorflow as tf
     scale = tf.random.uniform([], min_scale, max_scale)
-    size = tf.shape(image)[:2]
-    sizef = tf.cast(size, tf.float32)
     crop = tf.constant([crop_height, crop_width], tf.int32)
-    scaled = tf.cast(tf.round(sizef * scale), tf.int32)
+    scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
     room = tf.maximum(scaled - crop, 0)
     offset = tf.cast(tf.floor(tf.random.uniform([2]) * tf.cast(room + 1, tf.float32)), tf.int32)
-    # The source patch under the crop, one pixel wider for the bilinear taps.
     start = tf.cast(tf.floor(tf.cast(offset, tf.float32) / scale), tf.int32)
     stop = tf.minimum(size, tf.cast(tf.math.ceil(tf.cast(offset + crop, tf.float32) / scale), tf.int32) + 1)
-    patch = image[start[0]:stop[0], start[1]:stop[1]]
-    mask_patch = mask[start[0]:stop[0], start[1]:stop[1]]
+    return {"scale": scale, "offset": offset, "start": start, "stop": stop}
+
+
+def resample_window(patch, mask_patch, window: dict, crop_height: int, crop_width: int, flip: bool = True,
+                    jitter: float = 0.0):
+    """The source window of ``crop_window`` (uint8 image and mask) -> the crop (see random_scale_crop)."""
+    import tensorflow as tf
+    scale, offset, start, stop = window["scale"], window["offset"], window["start"], window["stop"]
     if flip:
         flipped = tf.random.uniform([]) < 0.5
         patch = tf.cond(flipped, lambda: tf.reverse(patch, [1]), lambda: patch)
@@ -127,7 +142,7 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
     shift = tf.clip_by_value(offset - tf.cast(tf.round(tf.cast(start, tf.float32) * scale), tf.int32), 0, target - 1)
     patch = tf.image.resize(patch, target, method="bilinear")
     patch = patch[shift[0]:shift[0] + crop_height, shift[1]:shift[1] + crop_width]
-    pad = crop - tf.shape(patch)[:2]
+    pad = tf.constant([crop_height, crop_width], tf.int32) - tf.shape(patch)[:2]
     patch = tf.pad(patch, [[0, pad[0]], [0, pad[1]], [0, 0]], constant_values=0.0)
     if jitter > 0:
         patch = tf.clip_by_value(patch, 0.0, 255.0)

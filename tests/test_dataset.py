@@ -56,3 +56,20 @@ def test_resize_nearest_equals_tensorflow_nearest():
         ours = preprocess.resize_nearest(mask, tf.constant(size)).numpy()
         theirs = tf.cast(tf.image.resize(mask, size, method="nearest"), tf.uint8).numpy()
         assert np.array_equal(ours, theirs), size
+
+
+def test_windowed_decode_equals_decoding_the_whole_record_and_slicing(demo_dataset):
+    """Training decodes only the JPEG window its crop needs; that window is the same pixels (to
+    libjpeg's chroma upsampling at the window's edge) and the mask is exactly the same."""
+    from segmodel.features import decode_record, decode_record_window
+    record = next(iter(tf.data.TFRecordDataset(dataset.list_shards(str(demo_dataset / "train-*.tfrecord")))))
+    image, mask = decode_record(record, fast_jpeg=True)
+    for start, stop in [((0, 0), (192, 256)), ((17, 33), (150, 201)), ((100, 5), (101, 6))]:
+        window = {"start": tf.constant(start), "stop": tf.constant(stop)}
+        part, part_mask, _ = decode_record_window(record, lambda size: window)
+        expected = image[start[0]:stop[0], start[1]:stop[1]].numpy().astype(int)
+        assert part.shape == expected.shape
+        assert np.abs(part.numpy().astype(int) - expected).max() <= 8
+        if expected.size > 100:  # a 1-pixel window is all edge
+            assert np.mean(part.numpy() == expected) > 0.9
+        assert np.array_equal(part_mask.numpy(), mask[start[0]:stop[0], start[1]:stop[1]].numpy())
