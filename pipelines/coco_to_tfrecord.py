@@ -53,8 +53,12 @@ def split_for(image_id, val_fraction: float, split: str) -> str:
     return "val" if int.from_bytes(digest[:8], "big") / 2.0 ** 64 < val_fraction else split
 
 
-def stream_coco(path: str):
-    """Yields (section, object) for the categories, images and annotations of a COCO JSON.
+SECTIONS = ("categories", "images", "annotations")
+
+
+def stream_coco(path: str, sections=SECTIONS):
+    """Yields (section, object) for the categories, images and annotations of a COCO JSON
+    (or the given sections only: each is one streaming pass over the file).
 
     ijson's C backend streams the file, so a 450 MB train JSON is never held parsed in memory.
     Strict JSON has no NaN or Infinity, but exporters written in Python emit them; ijson stops
@@ -62,7 +66,6 @@ def stream_coco(path: str):
     and lets the validation downstream reject those coordinates one annotation at a time).
     """
     import ijson
-    sections = ("categories", "images", "annotations")
     emitted = dict.fromkeys(sections, 0)
     try:
         for section in sections:
@@ -104,10 +107,11 @@ class StreamCocoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ANNOTATIONS, (image_id, records))
         pending.clear()
 
-    def process(self, path):
+    def process(self, element):
+        path, section_name = element
         pending, held = {}, 0
         try:
-            for section, obj in stream_coco(path):
+            for section, obj in stream_coco(path, (section_name,)):
                 if section == "categories":
                     yield beam.pvalue.TaggedOutput(CATEGORIES, {"id": obj["id"], "name": obj.get("name")})
                 elif section == "images":
@@ -133,8 +137,11 @@ class StreamCocoFn(beam.DoFn):
             yield from self._flush(pending)
         except (OSError, ValueError) as e:
             yield from self._flush(pending)  # what was read before the error still counts
-            count("annotation_file_errors")
-            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "malformed_annotation_file", str(e)[:500]))
+            key = f"annotation_file_errors/{section_name}"
+            count(key)
+            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "malformed_annotation_file", str(e)[:500],
+                                                                section=section_name))
+            yield beam.pvalue.TaggedOutput(STATS, {key: 1})
 
 
 def annotation_instances(annotations, height, width, class_table: mask_lib.ClassTable, crowd: str):
@@ -242,7 +249,9 @@ class CocoExampleFn(beam.DoFn):
 def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output_dir: str,
                    num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES):
     parsed = (p
-              | "AnnotationFile" >> beam.Create([annotations])
+              # One element per section: the three streaming passes over the file run on
+              # different workers at once (the annotations pass is the long one).
+              | "AnnotationFile" >> beam.Create([(annotations, section) for section in SECTIONS])
               | "StreamCoco" >> beam.ParDo(StreamCocoFn()).with_outputs(
                   IMAGES, ANNOTATIONS, CATEGORIES, ERRORS, STATS))
     tables = (parsed[CATEGORIES]

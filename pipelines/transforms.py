@@ -139,6 +139,8 @@ def stats_document(counters: dict, class_names, extra=None) -> dict:
         "images_rejected_by_reason": group("images_rejected"),
         "annotations_used": counters.get("annotations_used", 0),
         "annotations_skipped": group("annotations_skipped"),
+        # annotation-file sections whose streaming pass broke off (malformed or truncated JSON)
+        "annotation_file_errors": group("annotation_file_errors"),
         "pixels_per_class": per_class,
     }
     doc.update(extra or {})

@@ -274,3 +274,24 @@ def test_dataflow_job_builds_offline(tmp_path, gcs_bucket):
     names = staged_pipeline_transforms(tmp_path / "template.json")
     for step in ("StreamCoco", "GroupByImage", "BuildExamples", "WriteSegmentationDataset/WriteShards"):
         assert step in names
+
+
+def test_truncated_annotation_file_keeps_what_was_read_and_reports_the_cut(tmp_path, testdata):
+    """A JSON cut off inside its annotations: the error is reported and counted, and the images
+    (whose section was complete) are still written."""
+    root = testdata / PERSON
+    text = (root / "annotations/test_coco.json").read_text()
+    document = json.loads(text)
+    cut = text.index('"segmentation"', text.index('"annotations"') + 1) + 5  # inside the first annotation
+    broken = tmp_path / "broken.json"
+    broken.write_text(text[:cut])
+    out = convert(tmp_path, broken, root / "images")
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    cuts = [e for e in errors if e["reason"] == "malformed_annotation_file"]
+    assert cuts and all(e["source"] == str(broken) for e in cuts)
+    stats = json.loads((out / "stats.json").read_text())
+    # each section's streaming pass reads to the end of the file, so each one meets the cut
+    assert stats["annotation_file_errors"] == {"annotations": 1, "categories": 1, "images": 1}
+    assert sorted(e["section"] for e in cuts) == ["annotations", "categories", "images"]
+    # the images section was complete: every image is written (with no annotation: background)
+    assert stats["images_written"] == len(document["images"])
