@@ -68,11 +68,13 @@ def profile_pipeline(annotations: str, images: str, out: str, limit: int = 25) -
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
-    for image in image_records:
-        element = (image["id"], {"images": [image], "annotations": [anns.get(image["id"], [])]})
-        for _ in fn.process(element, table):
+    batch = [(image["id"], {"images": [image], "annotations": [anns.get(image["id"], [])]})
+             for image in image_records]
+    for start in range(0, len(batch), 16):  # the pipeline's batches (BatchElements)
+        for _ in fn.process(batch[start:start + 16], table):
             pass
     profiler.disable()
+    fn.teardown()
     per_image_ms = (time.perf_counter() - started) / len(image_records) * 1000
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(limit)

@@ -22,8 +22,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset,
-                                  count, error_record, make_pipeline, run_and_summarize)
+from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, READ_AHEAD, STATS, Progress, ReadAhead, RecordRef,
+                                  WriteSegmentationDataset, count, error_record, make_pipeline, run_and_summarize)
 from segformat import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
@@ -175,6 +175,10 @@ class CocoExampleFn(beam.DoFn):
 
     def setup(self):
         self.progress = Progress("coco_to_tfrecord images")
+        self.reader = ReadAhead()
+
+    def teardown(self):
+        self.reader.close()
 
     def _reject(self, source, reason, detail="", **extra):
         count("images_rejected")
@@ -182,35 +186,46 @@ class CocoExampleFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail, **extra))
         yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
 
-    def process(self, element, class_table):
-        image_id, grouped = element
+    def process(self, batch, class_table):
+        """A batch of (image id, {images, annotations}) from BatchElements: the batch's image files
+        are read concurrently (ReadAhead), then each image is converted in turn."""
+        located = [self._locate(*element) for element in batch]
+        reads = self.reader.read(path for _, path, _ in located if path is not None)
+        for (element, path, rejected) in located:
+            yield from rejected
+            if path is not None:
+                yield from self._convert(element, path, next(reads), class_table)
+
+    def _locate(self, image_id, grouped):
+        """-> (element, the image's path or None, outputs for an element rejected before reading)."""
         self.progress.tick()
         images = list(grouped[IMAGES])
         annotations = [a for chunk in grouped[ANNOTATIONS] for a in chunk]
+        element = (image_id, images[0] if len(images) == 1 else None, annotations)
         if not images:
+            outputs = []
             for ann in annotations:
                 count("annotations_skipped/unknown_image_id")
-                yield beam.pvalue.TaggedOutput(ERRORS, error_record(
-                    f"annotation {ann['id']}", "unknown_image_id", f"no image with id {image_id}"))
-            yield beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/unknown_image_id": len(annotations)})
-            return
+                outputs.append(beam.pvalue.TaggedOutput(ERRORS, error_record(
+                    f"annotation {ann['id']}", "unknown_image_id", f"no image with id {image_id}")))
+            outputs.append(beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/unknown_image_id": len(annotations)}))
+            return element, None, outputs
         if len(images) > 1:
-            yield from self._reject(f"image {image_id}", "duplicate_image_id",
-                                    f"{len(images)} images share id {image_id}", image_id=image_id)
-            return
-        image = images[0]
-        config = self.config
+            return element, None, list(self._reject(f"image {image_id}", "duplicate_image_id",
+                                                    f"{len(images)} images share id {image_id}", image_id=image_id))
         try:
-            path = image_checks.join_under_root(config.images_root, image["file_name"])
+            return element, image_checks.join_under_root(self.config.images_root, images[0]["file_name"]), []
         except image_checks.ImageError as e:
-            yield from self._reject(str(image["file_name"]), e.reason, e.detail, image_id=image_id)
-            return
-        try:
-            with FileSystems.open(path) as handle:
-                data = handle.read()
-        except Exception as e:  # missing, permission, transient storage error after retries
+            return element, None, list(self._reject(str(images[0]["file_name"]), e.reason, e.detail,
+                                                    image_id=image_id))
+
+    def _convert(self, element, path, read, class_table):
+        image_id, image, annotations = element
+        config = self.config
+        data, error = read
+        if error is not None:
             reason = "missing_image" if not FileSystems.exists(path) else "unreadable_image"
-            yield from self._reject(path, reason, str(e)[:500], image_id=image_id)
+            yield from self._reject(path, reason, str(error)[:500], image_id=image_id)
             return
         try:
             fmt, height, width = image_checks.inspect_image(data, config.max_image_pixels)
@@ -260,6 +275,7 @@ def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output
     converted = (
         {IMAGES: parsed[IMAGES], ANNOTATIONS: parsed[ANNOTATIONS]}
         | "GroupByImage" >> beam.CoGroupByKey()
+        | "Batch" >> beam.BatchElements(min_batch_size=READ_AHEAD, max_batch_size=READ_AHEAD)
         | "BuildExamples" >> beam.ParDo(CocoExampleFn(config), beam.pvalue.AsSingleton(tables)).with_outputs(
             ERRORS, STATS, main="records"))
     errors = (parsed[ERRORS], converted[ERRORS]) | "AllErrors" >> beam.Flatten()
