@@ -18,6 +18,7 @@ def test_rle_counts_decode_exactly_what_pycocotools_encodes():
     """The vectorised string decoder against pycocotools: run lengths and painted pixels, on
     random masks (long runs give multi-character and negative delta counts) and polygons."""
     rng = np.random.default_rng(0)
+    strings = []
     for trial in range(300):
         h, w = rng.integers(1, 300 if trial % 3 == 0 else 50, 2)
         if trial % 2:
@@ -31,6 +32,10 @@ def test_rle_counts_decode_exactly_what_pycocotools_encodes():
         uncompressed = mask_utils.frPyObjects({"size": [int(h), int(w)], "counts": runs.tolist()}, h, w)
         assert uncompressed["counts"] == rle["counts"]
         assert np.array_equal(M._foreground_pixels(runs), np.flatnonzero(m.ravel(order="F")))
+        strings.append(rle["counts"])
+    # several strings decoded in one pass (how an image's instances are painted) == one by one
+    for group in (strings[:1], strings[:7], strings):
+        assert all(np.array_equal(a, M.rle_counts(b)) for a, b in zip(M._runs_of_many(group), group, strict=True))
 
 
 @pytest.mark.parametrize("counts", [b"0@", b"\x7f1", b"1" + b"o" * 13 + b"0", b"@0", b"1o"])
