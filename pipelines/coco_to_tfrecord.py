@@ -4,10 +4,11 @@
         [--classes all|voc|CLASSES.json] [--split train] [--val_fraction 0.0] [--num_shards N] \\
         [--crowd ignore|class|drop] [--overlap smaller_on_top|ignore] [Beam options]
 
-How it scales: one worker streams the annotation JSON (ijson, never the whole 450 MB document
-in memory) into small keyed elements, images keyed by id and annotations keyed by image id;
-a CoGroupByKey brings each image together with its own annotations, and from there every image
-is independent work spread over the workers. Categories (a few KB) are the only side input.
+How it scales: the annotation JSON's three sections are streamed in parallel passes (ijson,
+never the whole 450 MB document in memory) into small keyed elements, images keyed by id and
+annotations keyed by image id; a CoGroupByKey brings each image together with its own
+annotations, and from there every image is independent work spread over the workers, which read
+their image files a batch at a time. Categories (a few KB) are the only side input.
 """
 from __future__ import annotations
 
