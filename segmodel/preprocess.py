@@ -81,9 +81,9 @@ def _colour_jitter(image, strength: float):
     luma = tf.constant([[0.299, 0.587, 0.114]])
     # saturation: x -> grey + s (x - grey); contrast: x -> mean + c (x - mean); then + brightness
     colour = contrast * (saturation * tf.eye(3) + (1 - saturation) * tf.ones([3, 1]) * luma)
-    # the mean brightness, from every 4th row and column (a per-channel mean over all pixels
-    # costs more than the colour matrix itself; for a contrast factor the estimate is plenty)
-    mean = tf.reduce_sum(tf.reduce_mean(tf.reshape(image[::4, ::4], [-1, 3]), axis=0) * luma[0])
+    # the mean level contrast scales around: the mean of all values, a full reduction (per-channel
+    # or luma-weighted means reduce along strided axes and cost more than the colour matrix)
+    mean = tf.reduce_mean(image)
     offset = (1 - contrast) * mean + brightness
     return tf.tensordot(image, tf.transpose(colour), 1) + offset
 
