@@ -32,8 +32,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (ERRORS, STATS, Progress, RecordRef, WriteSegmentationDataset, count, error_record,
-                                  make_pipeline, run_and_summarize)
+from pipelines.transforms import (ERRORS, READ_AHEAD, STATS, Progress, ReadAhead, RecordRef, WriteSegmentationDataset,
+                                  count, error_record, make_pipeline, run_and_summarize)
 from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -139,6 +139,10 @@ class PairExampleFn(beam.DoFn):
 
     def setup(self):
         self.progress = Progress("masks_to_tfrecord pairs")
+        self.reader = ReadAhead()
+
+    def teardown(self):
+        self.reader.close()
 
     def _reject(self, source, reason, detail=""):
         count("images_rejected")
@@ -146,26 +150,37 @@ class PairExampleFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail))
         yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
 
-    def process(self, element):
-        key, grouped = element
+    def process(self, batch):
+        """A batch of (key, {image: [path], mask: [path]}) from BatchElements: the batch's image
+        and mask files are read concurrently (ReadAhead), then each pair is converted in turn."""
+        paired = [self._pair(*element) for element in batch]
+        reads = self.reader.read(path for key, paths, _ in paired if paths for path in paths)
+        for key, paths, rejected in paired:
+            yield from rejected
+            if paths:
+                yield from self._convert(key, *paths, next(reads), next(reads))
+
+    def _pair(self, key, grouped):
+        """-> (key, (image path, mask path) or None, outputs for a key without exactly one pair)."""
         self.progress.tick()
         image_paths, mask_paths = sorted(grouped[IMAGE]), sorted(grouped[MASK])
-        if len(image_paths) != 1 or len(mask_paths) != 1:
-            if not image_paths:
-                reason, source = "mask_without_image", mask_paths[0]
-            elif not mask_paths:
-                reason, source = "image_without_mask", image_paths[0]
-            else:
-                reason, source = "ambiguous_pair", image_paths[0]
-            yield from self._reject(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}")
-            return
-        image_path, mask_path = image_paths[0], mask_paths[0]
+        if len(image_paths) == 1 and len(mask_paths) == 1:
+            return key, (image_paths[0], mask_paths[0]), []
+        if not image_paths:
+            reason, source = "mask_without_image", mask_paths[0]
+        elif not mask_paths:
+            reason, source = "image_without_mask", image_paths[0]
+        else:
+            reason, source = "ambiguous_pair", image_paths[0]
+        return key, None, list(self._reject(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}"))
+
+    def _convert(self, key, image_path, mask_path, image_read, mask_read):
         try:
-            with FileSystems.open(image_path) as handle:
-                data = handle.read()
+            for _, error in (image_read, mask_read):
+                if error is not None:
+                    raise OSError(str(error))
+            data, mask_data = image_read[0], mask_read[0]
             fmt, height, width = image_checks.inspect_image(data, self.max_pixels)
-            with FileSystems.open(mask_path) as handle:
-                mask_data = handle.read()
             image_checks.inspect_image(mask_data, self.max_pixels)
             from PIL import Image
             with Image.open(io.BytesIO(mask_data)) as mask_image:
@@ -204,6 +219,7 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
     images, masks = keyed(IMAGE, images_glob, image_key_regex), keyed(MASK, masks_glob, mask_key_regex)
     converted = ({IMAGE: images.keyed, MASK: masks.keyed}
                  | "PairByKey" >> beam.CoGroupByKey()
+                 | "Batch" >> beam.BatchElements(min_batch_size=READ_AHEAD // 2, max_batch_size=READ_AHEAD // 2)
                  | "BuildExamples" >> beam.ParDo(
                      PairExampleFn(color_map, split, image_checks.glob_root(images_glob))).with_outputs(
                          ERRORS, STATS, main="records"))

@@ -85,3 +85,22 @@ def test_masks_dataflow_job_builds_offline(tmp_path, gcs_bucket):
                            *dataflow_args(gcs_bucket, tmp_path)])
     names = staged_pipeline_transforms(tmp_path / "template.json")
     assert {"PairByKey", "BuildExamples", "WriteSegmentationDataset/WriteShards"} <= names
+
+
+def test_pair_fn_reads_a_batch_ahead_and_rejects_an_unreadable_pair(tmp_path):
+    """The DoFn alone: a batch with a good pair, a pair whose image vanished and a lone mask ->
+    one record and two error records, in the batch's order."""
+    Image.fromarray(np.full((6, 5, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((6, 5), 7, np.uint8)).save(tmp_path / "a_mask.png")
+    Image.fromarray(np.full((6, 5), 7, np.uint8)).save(tmp_path / "b_mask.png")
+    fn = masks_to_tfrecord.PairExampleFn(masks_to_tfrecord.ColorMap.from_json({"7": 1}), "train", str(tmp_path))
+    fn.setup()
+    batch = [("a", {"image": [str(tmp_path / "a.png")], "mask": [str(tmp_path / "a_mask.png")]}),
+             ("b", {"image": [str(tmp_path / "gone.png")], "mask": [str(tmp_path / "b_mask.png")]}),
+             ("c", {"image": [], "mask": [str(tmp_path / "b_mask.png")]})]
+    outputs = list(fn.process(batch))
+    fn.teardown()
+    records = [o for o in outputs if isinstance(o, tuple)]
+    errors = [o.value for o in outputs if getattr(o, "tag", None) == "errors"]
+    assert [r[1] for r in records] == ["a"] and records[0][2].height == 6
+    assert [e["reason"] for e in errors] == ["unreadable_image", "mask_without_image"]
