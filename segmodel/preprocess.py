@@ -73,7 +73,8 @@ def _gather_pixels(mask, rows, cols):
 def _colour_jitter(image, strength: float):
     """Mild saturation, contrast and brightness changes as one 3x3 colour matrix and an offset
     (all three are linear in RGB: one pass over the pixels instead of tf.image's HSV round trip).
-    No clipping here: see photometric_jitter."""
+    No clipping here: resample_window clips the crop to 0..255 after resizing (the matrix is
+    applied to the smaller source patch; linear maps commute with bilinear resampling)."""
     import tensorflow as tf
     saturation = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
     contrast = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
@@ -86,14 +87,6 @@ def _colour_jitter(image, strength: float):
     mean = tf.reduce_mean(image)
     offset = (1 - contrast) * mean + brightness
     return tf.tensordot(image, tf.transpose(colour), 1) + offset
-
-
-def photometric_jitter(image, strength: float = 1.0):
-    """Colour jitter of a float 0..255 image, clipped back to 0..255."""
-    import tensorflow as tf
-    if strength <= 0:
-        return image
-    return tf.clip_by_value(_colour_jitter(image, strength), 0.0, 255.0)
 
 
 def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
