@@ -103,9 +103,12 @@ def resolve(scores: np.ndarray, weights: np.ndarray, valid: np.ndarray, num_clas
     return mask, stats
 
 
+RESOLVE_COLUMNS = 2048
+
+
 class RowStitcher:
-    """Blends tile rows of one horizontal strip into final mask rows, keeping only two tile
-    heights of scores in memory whatever the raster's height.
+    """Blends tile rows of one horizontal strip into final mask rows, keeping only one tile
+    height of scores in memory whatever the raster's height.
 
     Tile rows must be added top to bottom (``start_row`` then ``add`` per tile); rows above a new
     tile row's start can receive no further contributions, so they are resolved and returned.
@@ -113,7 +116,9 @@ class RowStitcher:
     """
 
     def __init__(self, width: int, num_classes: int, tile_height: int, overlap: int, row0: int, row1: int):
-        self.capacity = 2 * tile_height
+        # one tile height: when a tile row starts, the rows above it are resolved and dropped, so the
+        # buffer holds exactly the new tile row (whose top rows carry the previous row's overlap)
+        self.capacity = tile_height
         self.scores = np.zeros((self.capacity, width, num_classes), np.float32)
         self.weights = np.zeros((self.capacity, width), np.float32)
         self.valid = np.ones((self.capacity, width), bool)
@@ -126,7 +131,14 @@ class RowStitcher:
         out = None
         if end > start:
             a, b = start - self.base, end - self.base
-            out = (start,) + resolve(self.scores[a:b], self.weights[a:b], self.valid[a:b], self.num_classes)
+            # resolved RESOLVE_COLUMNS at a time: resolve's float temporaries (probabilities,
+            # their log, int64 classes) for a full 16384-wide band of rows were a ~400 MB spike
+            width = self.scores.shape[1]
+            parts = [resolve(self.scores[a:b, c:c + RESOLVE_COLUMNS], self.weights[a:b, c:c + RESOLVE_COLUMNS],
+                             self.valid[a:b, c:c + RESOLVE_COLUMNS], self.num_classes)
+                     for c in range(0, width, RESOLVE_COLUMNS)]
+            out = (start, np.concatenate([mask for mask, _ in parts], axis=1),
+                   sum_stats([stats for _, stats in parts], self.num_classes))
         shift = upto - self.base
         for buffer, fill in ((self.scores, 0), (self.weights, 0), (self.valid, True)):
             if shift >= self.capacity:
