@@ -3,7 +3,7 @@ which the dataset pipelines use without TensorFlow)."""
 from __future__ import annotations
 
 from segformat.records import (IMAGE_ENCODED, IMAGE_FILENAME, IMAGE_FORMAT, IMAGE_HEIGHT,  # noqa: F401
-                               IMAGE_SOURCE_ID, IMAGE_WIDTH, MASK_ENCODED, MASK_FORMAT, build_example)
+                               IMAGE_SOURCE_ID, IMAGE_WIDTH, MASK_ENCODED, MASK_FORMAT)
 
 
 def feature_spec():
@@ -20,28 +20,22 @@ def feature_spec():
     }
 
 
-def decode_record(serialized, fast_jpeg: bool = False):
-    """Serialized Example -> (image uint8 [H, W, 3], mask uint8 [H, W, 1]) tensors.
+def _assert_size(actual, size):
+    """The decoded image's [height, width] must be the record's image/height, image/width."""
+    import tensorflow as tf
+    tf.debugging.assert_equal(tf.cast(actual, tf.int64), tf.cast(size, tf.int64),
+                              message="image size differs from image/height, image/width")
 
-    ``fast_jpeg`` uses libjpeg's fast integer IDCT (a few percent of the decode time; pixel
-    values differ by a level or two), which is fine for augmented training crops; evaluation and
-    prediction keep the accurate default.
-    """
+
+def decode_record(serialized):
+    """Serialized Example -> (image uint8 [H, W, 3], mask uint8 [H, W, 1]) tensors, decoded
+    whole with the accurate IDCT (evaluation and prediction; training uses decode_record_window)."""
     import tensorflow as tf
     parsed = tf.io.parse_single_example(serialized, feature_spec())
-    encoded = parsed[IMAGE_ENCODED]
-    if fast_jpeg:
-        image = tf.cond(tf.io.is_jpeg(encoded),
-                        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_FAST"),
-                        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
-    else:
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    mask = tf.io.decode_png(parsed[MASK_ENCODED], channels=1)
-    shape = tf.stack([parsed[IMAGE_HEIGHT], parsed[IMAGE_WIDTH]])
-    image = tf.ensure_shape(image, [None, None, 3])
-    tf.debugging.assert_equal(tf.shape(image, out_type=tf.int64)[:2], shape,
-                              message="image size differs from image/height, image/width")
-    return image, mask
+    image = tf.ensure_shape(tf.io.decode_image(parsed[IMAGE_ENCODED], channels=3, expand_animations=False),
+                            [None, None, 3])
+    _assert_size(tf.shape(image)[:2], tf.stack([parsed[IMAGE_HEIGHT], parsed[IMAGE_WIDTH]]))
+    return image, tf.io.decode_png(parsed[MASK_ENCODED], channels=1)
 
 
 def decode_record_window(serialized, window_fn):
@@ -50,8 +44,9 @@ def decode_record_window(serialized, window_fn):
     a dict with the source ``start`` and ``stop`` rows/columns (``preprocess.crop_window``).
 
     JPEGs go through ``tf.io.decode_and_crop_jpeg`` (libjpeg skips the rows below the window and
-    the IDCT outside it: at scale 2 a 512 crop needs a quarter of a 640x480 photo), with the
-    fast integer IDCT (see decode_record); PNG images and the mask are decoded whole and sliced.
+    the IDCT outside it: at scale 2 a 512 crop needs a quarter of a 640x480 photo), with libjpeg's
+    fast integer IDCT (pixel values differ from the accurate one by a level or two, which is
+    fine for augmented training crops); PNG images and the mask are decoded whole and sliced.
     """
     import tensorflow as tf
     parsed = tf.io.parse_single_example(serialized, feature_spec())
@@ -61,15 +56,13 @@ def decode_record_window(serialized, window_fn):
     start, stop = window["start"], window["stop"]
 
     def cropped_jpeg():
-        tf.debugging.assert_equal(tf.io.extract_jpeg_shape(encoded)[:2], size,
-                                  message="image size differs from image/height, image/width")
+        _assert_size(tf.io.extract_jpeg_shape(encoded)[:2], size)
         return tf.io.decode_and_crop_jpeg(encoded, tf.concat([start, stop - start], 0), channels=3,
                                           dct_method="INTEGER_FAST")
 
     def sliced():
         image = tf.ensure_shape(tf.io.decode_image(encoded, channels=3, expand_animations=False), [None, None, 3])
-        tf.debugging.assert_equal(tf.shape(image)[:2], size,
-                                  message="image size differs from image/height, image/width")
+        _assert_size(tf.shape(image)[:2], size)
         return image[start[0]:stop[0], start[1]:stop[1]]
 
     image = tf.cond(tf.io.is_jpeg(encoded), cropped_jpeg, sliced)

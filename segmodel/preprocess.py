@@ -102,7 +102,8 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
       (TensorFlow's bilinear kernel is about twice as fast on float32 input as on uint8);
     * the colour jitter is linear, and bilinear weights sum to one, so its matrix is applied to
       the patch before resizing (fewer pixels at scales above 1) and only the clip to 0..255
-      runs on the crop: the result is the same as jittering the crop;
+      runs on the crop: the result is jittering the crop, except that the contrast's mean level
+      is taken over the source patch;
     * the mask is gathered straight into the crop with one padding row and column of 255, no
       intermediate resized mask and no pad pass.
     """
