@@ -23,8 +23,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, READ_AHEAD, STATS, Progress, ReadAhead, RecordRef,
-                                  WriteSegmentationDataset, count, error_record, make_pipeline, run_and_summarize)
+from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, READ_AHEAD, STATS, ConvertFilesFn, RecordRef,
+                                  WriteSegmentationDataset, count, error_record, make_pipeline, pixel_stats,
+                                  run_and_summarize)
 from segformat import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
@@ -168,41 +169,22 @@ def annotation_instances(annotations, height, width, class_table: mask_lib.Class
     return instances, skipped
 
 
-class CocoExampleFn(beam.DoFn):
-    """(image id, {images, annotations}) -> (split, id, serialized Example) or error records."""
+class CocoExampleFn(ConvertFilesFn):
+    """Batches of (image id, {images, annotations}) -> (split, id, RecordRef) or error records."""
+    progress_label = "coco_to_tfrecord images"
 
     def __init__(self, config: CocoConfig):
         self.config = config
 
-    def setup(self):
-        self.progress = Progress("coco_to_tfrecord images")
-        self.reader = ReadAhead()
-
-    def teardown(self):
-        self.reader.close()
-
-    def _reject(self, source, reason, detail="", **extra):
-        count("images_rejected")
-        count(f"images_rejected/{reason}")
-        yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail, **extra))
-        yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
-
     def process(self, batch, class_table):
-        """A batch of (image id, {images, annotations}) from BatchElements: the batch's image files
-        are read concurrently (ReadAhead), then each image is converted in turn."""
-        located = [self._locate(*element) for element in batch]
-        reads = self.reader.read(path for _, path, _ in located if path is not None)
-        for (element, path, rejected) in located:
-            yield from rejected
-            if path is not None:
-                yield from self._convert(element, path, next(reads), class_table)
+        yield from self.convert_batch(batch, class_table)
 
-    def _locate(self, image_id, grouped):
-        """-> (element, the image's path or None, outputs for an element rejected before reading)."""
-        self.progress.tick()
+    def locate(self, element):
+        """-> ((id, image, annotations), (the image's path,) or None, outputs of a rejection)."""
+        image_id, grouped = element
         images = list(grouped[IMAGES])
         annotations = [a for chunk in grouped[ANNOTATIONS] for a in chunk]
-        element = (image_id, images[0] if len(images) == 1 else None, annotations)
+        item = (image_id, images[0] if len(images) == 1 else None, annotations)
         if not images:
             outputs = []
             for ann in annotations:
@@ -210,31 +192,29 @@ class CocoExampleFn(beam.DoFn):
                 outputs.append(beam.pvalue.TaggedOutput(ERRORS, error_record(
                     f"annotation {ann['id']}", "unknown_image_id", f"no image with id {image_id}")))
             outputs.append(beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/unknown_image_id": len(annotations)}))
-            return element, None, outputs
+            return item, None, outputs
         if len(images) > 1:
-            return element, None, list(self._reject(f"image {image_id}", "duplicate_image_id",
-                                                    f"{len(images)} images share id {image_id}", image_id=image_id))
+            return item, None, list(self.reject(f"image {image_id}", "duplicate_image_id",
+                                                f"{len(images)} images share id {image_id}", image_id=image_id))
         try:
-            return element, image_checks.join_under_root(self.config.images_root, images[0]["file_name"]), []
+            return item, (image_checks.join_under_root(self.config.images_root, images[0]["file_name"]),), []
         except image_checks.ImageError as e:
-            return element, None, list(self._reject(str(images[0]["file_name"]), e.reason, e.detail,
-                                                    image_id=image_id))
+            return item, None, list(self.reject(str(images[0]["file_name"]), e.reason, e.detail, image_id=image_id))
 
-    def _convert(self, element, path, read, class_table):
-        image_id, image, annotations = element
+    def convert(self, item, paths, reads, class_table):
+        (image_id, image, annotations), (path,), ((data, error),) = item, paths, reads
         config = self.config
-        data, error = read
         if error is not None:
             reason = "missing_image" if not FileSystems.exists(path) else "unreadable_image"
-            yield from self._reject(path, reason, str(error)[:500], image_id=image_id)
+            yield from self.reject(path, reason, str(error)[:500], image_id=image_id)
             return
         try:
             fmt, height, width = image_checks.inspect_image(data, config.max_image_pixels)
         except image_checks.ImageError as e:
-            yield from self._reject(path, e.reason, e.detail, image_id=image_id)
+            yield from self.reject(path, e.reason, e.detail, image_id=image_id)
             return
         if (height, width) != (image["height"], image["width"]):
-            yield from self._reject(path, "size_mismatch",
+            yield from self.reject(path, "size_mismatch",
                                     f"file is {width}x{height}, JSON says {image['width']}x{image['height']}",
                                     image_id=image_id)
             return
@@ -251,9 +231,7 @@ class CocoExampleFn(beam.DoFn):
                     f"annotation {ann['id']}", reason, detail, image_id=image_id, file_name=image["file_name"]))
         mask = mask_lib.paint_class_mask(height, width, instances, config.crowd, config.overlap)
         painted = {i.class_index for i in instances} | {mask_lib.IGNORE_INDEX}
-        for value, pixels in enumerate(mask_lib.class_pixel_counts(mask, painted)):
-            if pixels:
-                stats[f"pixels/{value}"] = int(pixels)
+        stats.update(pixel_stats(mask_lib.class_pixel_counts(mask, painted)))
         split = split_for(image_id, config.val_fraction, config.split)
         count("images_written")
         count("annotations_used", len(instances))

@@ -32,8 +32,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (ERRORS, READ_AHEAD, STATS, Progress, ReadAhead, RecordRef, WriteSegmentationDataset,
-                                  count, error_record, make_pipeline, run_and_summarize)
+from pipelines.transforms import (ERRORS, READ_AHEAD, STATS, ConvertFilesFn, RecordRef, WriteSegmentationDataset,
+                                  count, make_pipeline, pixel_stats, reject_image, run_and_summarize)
 from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -121,48 +121,25 @@ class KeyFileFn(beam.DoFn):
     def process(self, path):
         key = pair_key(path, self.pattern)
         if key is None:
-            count("images_rejected")
-            count("images_rejected/no_pair_key")
-            yield beam.pvalue.TaggedOutput(ERRORS, error_record(path, "no_pair_key",
-                                                                f"{self.kind} name does not match {self.regex!r}"))
-            yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, "images_rejected/no_pair_key": 1})
+            yield from reject_image(path, "no_pair_key", f"{self.kind} name does not match {self.regex!r}")
             return
         yield key, path
 
 
-class PairExampleFn(beam.DoFn):
-    """(key, {image: [path], mask: [path]}) -> (split, key, serialized Example) or an error."""
+class PairExampleFn(ConvertFilesFn):
+    """Batches of (key, {image: [path], mask: [path]}) -> (split, key, RecordRef) or error records."""
+    progress_label = "masks_to_tfrecord pairs"
 
     def __init__(self, color_map: ColorMap, split: str, images_root: str,
                  max_pixels: int = image_checks.DEFAULT_MAX_PIXELS):
         self.color_map, self.split, self.images_root, self.max_pixels = color_map, split, images_root, max_pixels
 
-    def setup(self):
-        self.progress = Progress("masks_to_tfrecord pairs")
-        self.reader = ReadAhead()
-
-    def teardown(self):
-        self.reader.close()
-
-    def _reject(self, source, reason, detail=""):
-        count("images_rejected")
-        count(f"images_rejected/{reason}")
-        yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail))
-        yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
-
     def process(self, batch):
-        """A batch of (key, {image: [path], mask: [path]}) from BatchElements: the batch's image
-        and mask files are read concurrently (ReadAhead), then each pair is converted in turn."""
-        paired = [self._pair(*element) for element in batch]
-        reads = self.reader.read(path for key, paths, _ in paired if paths for path in paths)
-        for key, paths, rejected in paired:
-            yield from rejected
-            if paths:
-                yield from self._convert(key, *paths, next(reads), next(reads))
+        yield from self.convert_batch(batch)
 
-    def _pair(self, key, grouped):
+    def locate(self, element):
         """-> (key, (image path, mask path) or None, outputs for a key without exactly one pair)."""
-        self.progress.tick()
+        key, grouped = element
         image_paths, mask_paths = sorted(grouped[IMAGE]), sorted(grouped[MASK])
         if len(image_paths) == 1 and len(mask_paths) == 1:
             return key, (image_paths[0], mask_paths[0]), []
@@ -172,14 +149,14 @@ class PairExampleFn(beam.DoFn):
             reason, source = "image_without_mask", image_paths[0]
         else:
             reason, source = "ambiguous_pair", image_paths[0]
-        return key, None, list(self._reject(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}"))
+        return key, None, list(self.reject(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}"))
 
-    def _convert(self, key, image_path, mask_path, image_read, mask_read):
+    def convert(self, key, paths, reads):
+        (image_path, mask_path), ((data, image_error), (mask_data, mask_error)) = paths, reads
         try:
-            for _, error in (image_read, mask_read):
+            for error in (image_error, mask_error):
                 if error is not None:
                     raise OSError(str(error))
-            data, mask_data = image_read[0], mask_read[0]
             fmt, height, width = image_checks.inspect_image(data, self.max_pixels)
             image_checks.inspect_image(mask_data, self.max_pixels)
             from PIL import Image
@@ -192,15 +169,13 @@ class PairExampleFn(beam.DoFn):
                     "size_mismatch", f"mask {raw.shape[1]}x{raw.shape[0]} != image {width}x{height}")
             mask = self.color_map.apply(raw)
         except image_checks.ImageError as e:
-            yield from self._reject(f"{image_path} + {mask_path}", e.reason, e.detail)
+            yield from self.reject(f"{image_path} + {mask_path}", e.reason, e.detail)
             return
         except OSError as e:
-            yield from self._reject(f"{image_path} + {mask_path}", "unreadable_image", str(e)[:500])
+            yield from self.reject(f"{image_path} + {mask_path}", "unreadable_image", str(e)[:500])
             return
         stats = {"images_written": 1, f"images_written/{self.split}": 1}
-        for value, pixels in enumerate(class_pixel_counts(mask)):
-            if pixels:
-                stats[f"pixels/{value}"] = int(pixels)
+        stats.update(pixel_stats(class_pixel_counts(mask)))
         count("images_written")
         yield beam.pvalue.TaggedOutput(STATS, stats)
         yield self.split, key, RecordRef.of(image_path, data, fmt, height, width,

@@ -114,6 +114,50 @@ class ReadAhead:
         self.pool.shutdown(wait=False)
 
 
+def reject_image(source: str, reason: str, detail: str = "", **extra):
+    """The outputs for an image that is not written: its error record and its counts."""
+    count("images_rejected")
+    count(f"images_rejected/{reason}")
+    yield beam.pvalue.TaggedOutput(ERRORS, error_record(source, reason, detail, **extra))
+    yield beam.pvalue.TaggedOutput(STATS, {"images_rejected": 1, f"images_rejected/{reason}": 1})
+
+
+class ConvertFilesFn(beam.DoFn):
+    """Base of the per-image conversion DoFns (COCO images, image+mask pairs).
+
+    Each takes a batch of grouped elements (BatchElements), locates every element's files, reads
+    all of the batch's files concurrently (ReadAhead) and then converts the elements in turn, so
+    one slow or missing file costs a thread, not the worker. Subclasses define
+    ``locate(element) -> (item, paths or None, outputs of an early rejection)`` and
+    ``convert(item, paths, reads, *side_inputs)``, where each read is read_file's (bytes, error);
+    their ``process`` calls ``convert_batch``.
+    """
+    progress_label = "conversions"
+
+    def setup(self):
+        self.progress = Progress(self.progress_label)
+        self.reader = ReadAhead()
+
+    def teardown(self):
+        self.reader.close()
+
+    def convert_batch(self, batch, *side_inputs):
+        located = [self.locate(element) for element in batch]
+        self.progress.tick(len(located))
+        reads = self.reader.read(path for _, paths, _ in located if paths for path in paths)
+        for item, paths, rejected in located:
+            yield from rejected
+            if paths:
+                yield from self.convert(item, paths, [next(reads) for _ in paths], *side_inputs)
+
+    reject = staticmethod(reject_image)
+
+
+def pixel_stats(class_counts) -> dict:
+    """stats.json's ``pixels/<value>`` entries from a mask's per-value pixel counts."""
+    return {f"pixels/{value}": int(pixels) for value, pixels in enumerate(class_counts) if pixels}
+
+
 def temp_name(path: str) -> str:
     """A unique sibling of ``path`` to write before ``commit_temp`` moves it into place."""
     return f"{path}.tmp-{uuid.uuid4().hex}"

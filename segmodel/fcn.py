@@ -16,6 +16,7 @@ learned, the final one stays bilinear (as in the paper).
 from __future__ import annotations
 
 import logging
+import warnings
 
 import keras
 from keras import layers
@@ -107,13 +108,23 @@ def _keras_vgg16(weights: str):
     if weights == "imagenet":
         # Keras downloads (once, into ~/.keras/models, hash-checked) the classifier weights.
         return VGG16(include_top=True, weights="imagenet")
-    try:
-        return VGG16(include_top=True, weights=weights)
-    except (ValueError, KeyError) as first:
+    # Try with the classifier first. On a file without it Keras warns that layers "retain their
+    # freshly-initialized weights" before it raises; that warning belongs to the failed probe,
+    # so it is kept back and only re-issued if the probe succeeds.
+    with warnings.catch_warnings(record=True) as probe_warnings:
+        warnings.simplefilter("always")
         try:
-            return VGG16(include_top=False, weights=weights, input_shape=(None, None, 3))
-        except (ValueError, KeyError):
-            raise ValueError(f"{weights} is not a Keras VGG16 weights file: {first}") from None
+            model, first = VGG16(include_top=True, weights=weights), None
+        except (ValueError, KeyError) as error:
+            model, first = None, error
+    if first is None:
+        for warning in probe_warnings:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return model
+    try:
+        return VGG16(include_top=False, weights=weights, input_shape=(None, None, 3))
+    except (ValueError, KeyError):
+        raise ValueError(f"{weights} is not a Keras VGG16 weights file: {first}") from None
 
 
 def transfer_vgg16_weights(source: keras.Model, model: keras.Model) -> list:

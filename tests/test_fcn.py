@@ -1,4 +1,6 @@
 """The FCN model: shapes, bilinear initialisation, normalisation, weights, export round trip."""
+import warnings
+
 import numpy as np
 import pytest
 import keras
@@ -52,7 +54,12 @@ def test_normalisation_switch_follows_the_backbone_weights(tmp_path):
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
     path = tmp_path / "vgg16_notop.weights.h5"
     source.save_weights(path)
-    model = fcn.build_fcn("fcn8s", 3, fc_units=64, backbone_weights=str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = fcn.build_fcn("fcn8s", 3, fc_units=64, backbone_weights=str(path))
+    # Probing the file for the classifier first must not leave Keras's "layers will retain their
+    # freshly-initialized weights" warning behind: every backbone layer is loaded.
+    assert not [w for w in caught if "initialized weights" in str(w.message)], [str(w.message) for w in caught]
     assert model.get_layer("normalize").mode == "caffe"
     for name in ("block1_conv1", "block5_conv3"):
         np.testing.assert_array_equal(model.get_layer(name).kernel.numpy(), source.get_layer(name).kernel.numpy())
