@@ -7,6 +7,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import threading
 import time
 import typing
 import uuid
@@ -93,25 +95,43 @@ def read_file(path: str):
         return None, e
 
 
-class ReadAhead:
-    """Reads files on a small thread pool, in the order asked, at most READ_AHEAD in flight."""
+# Reading threads per worker process, shared by all its DoFn instances: a Dataflow SDK harness
+# runs a dozen or more bundles at once, and a pool per instance would mean hundreds of threads.
+READ_THREADS = 32
+_read_pool = (None, None)  # (pid, executor)
+_read_pool_lock = threading.Lock()
 
-    def __init__(self, threads: int = READ_AHEAD):
-        import concurrent.futures
-        self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="read-ahead")
+
+def shared_read_pool():
+    """This process's reading thread pool (made on first use, and again after a fork: a forked
+    child does not inherit the parent's threads)."""
+    global _read_pool
+    with _read_pool_lock:
+        pid, pool = _read_pool
+        if pool is None or pid != os.getpid():
+            import concurrent.futures
+            pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-ahead")
+            _read_pool = (os.getpid(), pool)
+        return pool
+
+
+class ReadAhead:
+    """Reads files on the process's shared thread pool, in the order asked, keeping at most
+    ``in_flight`` reads of this reader pending."""
+
+    def __init__(self, in_flight: int = READ_AHEAD):
+        self.in_flight = in_flight
 
     def read(self, paths):
-        """Yields read_file(path) for each path, in order, keeping READ_AHEAD reads in flight."""
+        """Yields read_file(path) for each path, in order."""
+        pool = shared_read_pool()
         paths = iter(paths)
-        pending = collections.deque(self.pool.submit(read_file, path) for path in itertools.islice(paths, READ_AHEAD))
+        pending = collections.deque(pool.submit(read_file, path) for path in itertools.islice(paths, self.in_flight))
         while pending:
             result = pending.popleft().result()
             for path in itertools.islice(paths, 1):
-                pending.append(self.pool.submit(read_file, path))
+                pending.append(pool.submit(read_file, path))
             yield result
-
-    def close(self):
-        self.pool.shutdown(wait=False)
 
 
 def reject_image(source: str, reason: str, detail: str = "", **extra):
@@ -137,9 +157,6 @@ class ConvertFilesFn(beam.DoFn):
     def setup(self):
         self.progress = Progress(self.progress_label)
         self.reader = ReadAhead()
-
-    def teardown(self):
-        self.reader.close()
 
     def convert_batch(self, batch, *side_inputs):
         located = [self.locate(element) for element in batch]
@@ -267,9 +284,6 @@ class WriteShardFn(beam.DoFn):
 
     def setup(self):
         self.reader = ReadAhead()
-
-    def teardown(self):
-        self.reader.close()
 
     def process(self, element):
         from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
