@@ -31,6 +31,10 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: mixed_float16 on GPU, float32 on CPU
     export_layout: str = "nhwc"  # 'nchw' adds the torchvision-style {'out': [N, C, H, W]} output
     seed: int = 0
+    # Off: bit-for-bit repeatable runs need ordered input (each batch waits for its slowest
+    # example) and TensorFlow's deterministic kernels, slower on GPU. On: same seed, same data and
+    # hardware -> the same weights (for debugging and for comparing changes without noise).
+    deterministic: bool = False
 
 
 PRESETS = {

@@ -20,7 +20,7 @@ def list_shards(pattern: str) -> list:
     return files
 
 
-def _records(pattern: str, shuffle: bool, seed=None):
+def _records(pattern: str, shuffle: bool, seed=None, deterministic=None):
     files = list_shards(pattern)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
@@ -28,21 +28,36 @@ def _records(pattern: str, shuffle: bool, seed=None):
     # Read several shards at once: on GCS each stream is latency-bound, and mixing shards also
     # mixes the examples before the shuffle buffer.
     return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
-                         deterministic=not shuffle)
+                         deterministic=not shuffle if deterministic is None else deterministic)
 
 
 def training_dataset(pattern: str, batch_size: int, crop_size=(512, 512), min_scale=0.5, max_scale=2.0,
-                     jitter=1.0, shuffle_buffer=256, seed=None) -> tf.data.Dataset:
-    """Endless, shuffled, augmented batches: (float images [B, h, w, 3] 0..255, uint8 masks [B, h, w, 1])."""
-    ds = _records(pattern, shuffle=True, seed=seed).shuffle(shuffle_buffer, seed=seed).repeat()
+                     jitter=1.0, shuffle_buffer=256, seed=None, deterministic=False) -> tf.data.Dataset:
+    """Endless, shuffled, augmented batches: (float images [B, h, w, 3] 0..255, uint8 masks [B, h, w, 1]).
+
+    Each example's augmentation draws from its own stateless seed, (``seed``, its position in the
+    stream), so the random draws do not depend on which thread runs it. With
+    ``deterministic=True`` the stream's order is fixed too (shards and records are read in the
+    seeded shuffle order, maps return in order): the same seed gives the same batches, at the
+    cost of waiting on the slowest example of each batch. ``seed=None`` draws one.
+    """
+    if seed is None:
+        seed = int(tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64))
+    ds = _records(pattern, shuffle=True, seed=seed, deterministic=deterministic)
+    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat().enumerate()
+
     # Decode and augment in one map (one function call per example), decoding only the part of
     # each JPEG the random crop needs.
-    def augmented(record):
+    def augmented(position, record):
+        uniform = preprocess.draws(preprocess.WINDOW_DRAWS + preprocess.RESAMPLE_DRAWS,
+                                   tf.stack([tf.constant(seed, tf.int64), position]))
         image, mask, window = decode_record_window(
-            record, lambda size: preprocess.crop_window(size, crop_size[0], crop_size[1], min_scale, max_scale))
-        return preprocess.resample_window(image, mask, window, crop_size[0], crop_size[1], jitter=jitter)
+            record, lambda size: preprocess.crop_window(size, crop_size[0], crop_size[1], min_scale, max_scale,
+                                                        uniform[:preprocess.WINDOW_DRAWS]))
+        return preprocess.resample_window(image, mask, window, crop_size[0], crop_size[1], jitter=jitter,
+                                          uniform=uniform[preprocess.WINDOW_DRAWS:])
 
-    ds = ds.map(augmented, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(augmented, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -70,15 +70,32 @@ def _gather_pixels(mask, rows, cols):
     return tf.transpose(tf.gather(tf.transpose(picked), cols, axis=0))[:, :, None]
 
 
-def _colour_jitter(image, strength: float):
+# Uniform numbers one crop draws: the window's scale and offset (3), flip and colour jitter (4).
+WINDOW_DRAWS, RESAMPLE_DRAWS = 3, 4
+
+
+def draws(n: int, seed=None):
+    """``n`` uniform numbers in [0, 1) for one example's augmentation: stateless from ``seed`` (a
+    [2] integer tensor), so the example's crop is a function of its seed whichever thread makes
+    it (repeatable runs; and under TensorFlow's op determinism a map of stateless ops still runs
+    in parallel, where stateful random ops would serialise it), or from TensorFlow's global
+    generator when ``seed`` is None."""
+    import tensorflow as tf
+    if seed is None:
+        return tf.random.uniform([n])
+    return tf.random.stateless_uniform([n], seed=seed)
+
+
+def _colour_jitter(image, strength: float, uniform):
     """Mild saturation, contrast and brightness changes as one 3x3 colour matrix and an offset
     (all three are linear in RGB: one pass over the pixels instead of tf.image's HSV round trip).
-    No clipping here: resample_window clips the crop to 0..255 after resizing (the matrix is
-    applied to the smaller source patch; linear maps commute with bilinear resampling)."""
+    ``uniform``: three numbers in [0, 1). No clipping here: resample_window clips the crop
+    to 0..255 after resizing (the matrix is applied to the smaller source patch; linear maps
+    commute with bilinear resampling)."""
     import tensorflow as tf
-    saturation = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
-    contrast = tf.random.uniform([], 1 - 0.1 * strength, 1 + 0.1 * strength)
-    brightness = tf.random.uniform([], -0.1 * strength, 0.1 * strength) * 255.0
+    # each factor uniform in 1 +- 0.1 * strength (brightness: +- 0.1 * strength of the range)
+    saturation, contrast, brightness = tf.unstack(1 + 0.1 * strength * (2 * uniform - 1))
+    brightness = (brightness - 1) * 255.0
     luma = tf.constant([[0.299, 0.587, 0.114]])
     # saturation: x -> grey + s (x - grey); contrast: x -> mean + c (x - mean); then + brightness
     colour = contrast * (saturation * tf.eye(3) + (1 - saturation) * tf.ones([3, 1]) * luma)
@@ -90,7 +107,7 @@ def _colour_jitter(image, strength: float):
 
 
 def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
-                      flip: bool = True, jitter: float = 0.0):
+                      flip: bool = True, jitter: float = 0.0, seed=None):
     """Random scale, random crop, optional horizontal flip, colour jitter and padding, resampling
     only the region the crop needs: the image bilinearly, the mask with nearest neighbour on the
     same grid, so the two stay aligned; where the scaled image is smaller than the crop, the image
@@ -106,42 +123,53 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
       is taken over the source patch;
     * the mask is gathered straight into the crop with one padding row and column of 255, no
       intermediate resized mask and no pad pass.
+
+    ``seed`` ([2] integers, optional): the same seed gives the same crop (stateless draws).
     """
     import tensorflow as tf
-    window = crop_window(tf.shape(image)[:2], crop_height, crop_width, min_scale, max_scale)
+    uniform = draws(WINDOW_DRAWS + RESAMPLE_DRAWS, seed)
+    window = crop_window(tf.shape(image)[:2], crop_height, crop_width, min_scale, max_scale, uniform[:WINDOW_DRAWS])
     start, stop = window["start"], window["stop"]
     return resample_window(image[start[0]:stop[0], start[1]:stop[1]], mask[start[0]:stop[0], start[1]:stop[1]],
-                           window, crop_height, crop_width, flip, jitter)
+                           window, crop_height, crop_width, flip, jitter, uniform[WINDOW_DRAWS:])
 
 
-def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_scale: float) -> dict:
+def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
+                uniform=None) -> dict:
     """Draws a random scale and crop position for an image of ``size`` [2] (int32): the scale,
     the crop's offset in the scaled image, and the source rows/columns [start, stop) it needs
     (one pixel wider for the bilinear taps). Needs only the size, so a JPEG can be decoded for
-    just that window (``segmodel.dataset``)."""
+    just that window (``segmodel.dataset``). ``uniform``: WINDOW_DRAWS numbers from ``draws``
+    (drawn here when None)."""
     import tensorflow as tf
-    scale = tf.random.uniform([], min_scale, max_scale)
+    if uniform is None:
+        uniform = draws(WINDOW_DRAWS)
+    scale = min_scale + (max_scale - min_scale) * uniform[0]
     crop = tf.constant([crop_height, crop_width], tf.int32)
     scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
     room = tf.maximum(scaled - crop, 0)
-    offset = tf.cast(tf.floor(tf.random.uniform([2]) * tf.cast(room + 1, tf.float32)), tf.int32)
+    offset = tf.cast(tf.floor(uniform[1:] * tf.cast(room + 1, tf.float32)), tf.int32)
     start = tf.cast(tf.floor(tf.cast(offset, tf.float32) / scale), tf.int32)
     stop = tf.minimum(size, tf.cast(tf.math.ceil(tf.cast(offset + crop, tf.float32) / scale), tf.int32) + 1)
     return {"scale": scale, "offset": offset, "start": start, "stop": stop}
 
 
 def resample_window(patch, mask_patch, window: dict, crop_height: int, crop_width: int, flip: bool = True,
-                    jitter: float = 0.0):
-    """The source window of ``crop_window`` (uint8 image and mask) -> the crop (see random_scale_crop)."""
+                    jitter: float = 0.0, uniform=None):
+    """The source window of ``crop_window`` (uint8 image and mask) -> the crop (see random_scale_crop).
+    ``uniform``: RESAMPLE_DRAWS numbers from ``draws``, the flip's and the colour jitter's three
+    (drawn here when None)."""
     import tensorflow as tf
     scale, offset, start, stop = window["scale"], window["offset"], window["start"], window["stop"]
+    if uniform is None:
+        uniform = draws(RESAMPLE_DRAWS)
     if flip:
-        flipped = tf.random.uniform([]) < 0.5
+        flipped = uniform[0] < 0.5
         patch = tf.cond(flipped, lambda: tf.reverse(patch, [1]), lambda: patch)
         mask_patch = tf.cond(flipped, lambda: tf.reverse(mask_patch, [1]), lambda: mask_patch)
     patch = tf.cast(patch, tf.float32)
     if jitter > 0:
-        patch = _colour_jitter(patch, jitter)
+        patch = _colour_jitter(patch, jitter, uniform[1:])
     extent = stop - start
     target = tf.maximum(tf.cast(tf.round(tf.cast(extent, tf.float32) * scale), tf.int32), 1)
     shift = tf.clip_by_value(offset - tf.cast(tf.round(tf.cast(start, tf.float32) * scale), tf.int32), 0, target - 1)
@@ -159,6 +187,6 @@ def resample_window(patch, mask_patch, window: dict, crop_height: int, crop_widt
             tf.ensure_shape(tf.cast(mask_patch, tf.uint8), [crop_height, crop_width, 1]))
 
 
-def augment(image, mask, crop_size, min_scale=0.5, max_scale=2.0, jitter=1.0):
+def augment(image, mask, crop_size, min_scale=0.5, max_scale=2.0, jitter=1.0, seed=None):
     """uint8 image [H, W, 3], uint8 mask [H, W, 1] -> float image and uint8 mask at crop_size."""
-    return random_scale_crop(image, mask, crop_size[0], crop_size[1], min_scale, max_scale, jitter=jitter)
+    return random_scale_crop(image, mask, crop_size[0], crop_size[1], min_scale, max_scale, jitter=jitter, seed=seed)

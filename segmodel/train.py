@@ -113,6 +113,9 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     from segmodel.metrics import ConfusionMatrixMetric
 
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        # process-wide and permanent (TensorFlow has no switch back)
+        tf.config.experimental.enable_op_determinism()
     policy = set_precision(config.mixed_precision)
     classes = dataset.read_json_beside(train_data, "classes.json")
     if classes is None:
@@ -135,7 +138,8 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
              steps_per_epoch, total_steps, replicas, policy)
 
     train_ds = dataset.training_dataset(train_data, config.batch_size, (config.image_size, config.image_size),
-                                        config.min_scale, config.max_scale, config.jitter, seed=config.seed)
+                                        config.min_scale, config.max_scale, config.jitter, seed=config.seed,
+                                        deterministic=config.deterministic)
     # Repeated, with validation_steps: Keras keeps one iterator across epochs.
     val_ds = dataset.evaluation_dataset(val_data).repeat() if val_data else None
     val_steps = dataset.count_examples(val_data) if val_data else None

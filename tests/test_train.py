@@ -1,6 +1,11 @@
 """Training and evaluation end to end on generated demo scenes (tiny configuration, CPU)."""
 import csv
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -65,3 +70,32 @@ def test_presets_and_flags():
     assert config.epochs == 3 and config.width == 0.125 and config.batch_norm is False
     assert train.config_from_args(train.make_parser().parse_args(
         ["--train_data", "x", "--model_dir", "m"])).backbone_weights == "imagenet"
+
+
+def test_deterministic_training_repeats_exactly(demo_dataset, tmp_path):
+    """--deterministic true: two runs with one seed end with bit-identical losses and weights.
+    In a subprocess: TensorFlow's op determinism is process-wide and cannot be switched off."""
+    script = textwrap.dedent(f"""
+        import json
+        import keras
+        import numpy as np
+        from segmodel import train
+        losses, weights = [], []
+        for run in ("a", "b"):
+            model_dir = {str(tmp_path)!r} + "/" + run
+            history = train.main(["--train_data", {str(demo_dataset / "train-*.tfrecord")!r}, "--model_dir", model_dir,
+                                  "--config", "tiny", "--epochs", "2", "--steps_per_epoch", "3",
+                                  "--image_size", "64", "--deterministic", "true"])
+            losses.append(history["loss"])
+            weights.append(keras.models.load_model(model_dir + "/model.keras").get_weights())
+        same = all(np.array_equal(x, y) for x, y in zip(*weights))
+        print("RESULT " + json.dumps({{"losses": losses, "same_weights": bool(same)}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "SEGPIPE_VERBOSE": "0"}, cwd=Path(__file__).parent.parent)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    first, second = result["losses"]
+    assert len(first) == 2 and all(np.isfinite(first)) and first == second
+    assert result["same_weights"]
