@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import images as image_checks
 from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, READ_AHEAD, STATS, ConvertFilesFn, RecordRef,
                                   WriteSegmentationDataset, count, error_record, make_pipeline, pixel_stats,
-                                  run_and_summarize)
+                                  reject_image, run_and_summarize)
 from segformat import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
@@ -194,27 +194,27 @@ class CocoExampleFn(ConvertFilesFn):
             outputs.append(beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/unknown_image_id": len(annotations)}))
             return item, None, outputs
         if len(images) > 1:
-            return item, None, list(self.reject(f"image {image_id}", "duplicate_image_id",
+            return item, None, list(reject_image(f"image {image_id}", "duplicate_image_id",
                                                 f"{len(images)} images share id {image_id}", image_id=image_id))
         try:
             return item, (image_checks.join_under_root(self.config.images_root, images[0]["file_name"]),), []
         except image_checks.ImageError as e:
-            return item, None, list(self.reject(str(images[0]["file_name"]), e.reason, e.detail, image_id=image_id))
+            return item, None, list(reject_image(str(images[0]["file_name"]), e.reason, e.detail, image_id=image_id))
 
     def convert(self, item, paths, reads, class_table):
         (image_id, image, annotations), (path,), ((data, error),) = item, paths, reads
         config = self.config
         if error is not None:
             reason = "missing_image" if not FileSystems.exists(path) else "unreadable_image"
-            yield from self.reject(path, reason, str(error)[:500], image_id=image_id)
+            yield from reject_image(path, reason, str(error)[:500], image_id=image_id)
             return
         try:
             fmt, height, width = image_checks.inspect_image(data, config.max_image_pixels)
         except image_checks.ImageError as e:
-            yield from self.reject(path, e.reason, e.detail, image_id=image_id)
+            yield from reject_image(path, e.reason, e.detail, image_id=image_id)
             return
         if (height, width) != (image["height"], image["width"]):
-            yield from self.reject(path, "size_mismatch",
+            yield from reject_image(path, "size_mismatch",
                                     f"file is {width}x{height}, JSON says {image['width']}x{image['height']}",
                                     image_id=image_id)
             return

@@ -149,14 +149,15 @@ class PairExampleFn(ConvertFilesFn):
             reason, source = "image_without_mask", image_paths[0]
         else:
             reason, source = "ambiguous_pair", image_paths[0]
-        return key, None, list(self.reject(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}"))
+        return key, None, list(reject_image(source, reason, f"key {key!r}: images {image_paths}, masks {mask_paths}"))
 
     def convert(self, key, paths, reads):
         (image_path, mask_path), ((data, image_error), (mask_data, mask_error)) = paths, reads
+        read_error = image_error or mask_error
+        if read_error is not None:
+            yield from reject_image(f"{image_path} + {mask_path}", "unreadable_image", str(read_error)[:500])
+            return
         try:
-            for error in (image_error, mask_error):
-                if error is not None:
-                    raise OSError(str(error))
             fmt, height, width = image_checks.inspect_image(data, self.max_pixels)
             image_checks.inspect_image(mask_data, self.max_pixels)
             from PIL import Image
@@ -169,10 +170,10 @@ class PairExampleFn(ConvertFilesFn):
                     "size_mismatch", f"mask {raw.shape[1]}x{raw.shape[0]} != image {width}x{height}")
             mask = self.color_map.apply(raw)
         except image_checks.ImageError as e:
-            yield from self.reject(f"{image_path} + {mask_path}", e.reason, e.detail)
+            yield from reject_image(f"{image_path} + {mask_path}", e.reason, e.detail)
             return
         except OSError as e:
-            yield from self.reject(f"{image_path} + {mask_path}", "unreadable_image", str(e)[:500])
+            yield from reject_image(f"{image_path} + {mask_path}", "unreadable_image", str(e)[:500])
             return
         stats = {"images_written": 1, f"images_written/{self.split}": 1}
         stats.update(pixel_stats(class_pixel_counts(mask)))

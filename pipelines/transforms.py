@@ -167,8 +167,6 @@ class ConvertFilesFn(beam.DoFn):
             if paths:
                 yield from self.convert(item, paths, [next(reads) for _ in paths], *side_inputs)
 
-    reject = staticmethod(reject_image)
-
 
 def pixel_stats(class_counts) -> dict:
     """stats.json's ``pixels/<value>`` entries from a mask's per-value pixel counts."""

@@ -20,7 +20,7 @@ def list_shards(pattern: str) -> list:
     return files
 
 
-def _records(pattern: str, shuffle: bool, seed=None, deterministic=None):
+def _records(pattern: str, shuffle: bool, seed=None, deterministic=True):
     files = list_shards(pattern)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
@@ -28,7 +28,7 @@ def _records(pattern: str, shuffle: bool, seed=None, deterministic=None):
     # Read several shards at once: on GCS each stream is latency-bound, and mixing shards also
     # mixes the examples before the shuffle buffer.
     return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
-                         deterministic=not shuffle if deterministic is None else deterministic)
+                         deterministic=deterministic)
 
 
 def training_dataset(pattern: str, batch_size: int, crop_size=(512, 512), min_scale=0.5, max_scale=2.0,

@@ -131,19 +131,15 @@ def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale:
     window = crop_window(tf.shape(image)[:2], crop_height, crop_width, min_scale, max_scale, uniform[:WINDOW_DRAWS])
     start, stop = window["start"], window["stop"]
     return resample_window(image[start[0]:stop[0], start[1]:stop[1]], mask[start[0]:stop[0], start[1]:stop[1]],
-                           window, crop_height, crop_width, flip, jitter, uniform[WINDOW_DRAWS:])
+                           window, crop_height, crop_width, flip, jitter, uniform=uniform[WINDOW_DRAWS:])
 
 
-def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
-                uniform=None) -> dict:
+def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_scale: float, uniform) -> dict:
     """Draws a random scale and crop position for an image of ``size`` [2] (int32): the scale,
     the crop's offset in the scaled image, and the source rows/columns [start, stop) it needs
     (one pixel wider for the bilinear taps). Needs only the size, so a JPEG can be decoded for
-    just that window (``segmodel.dataset``). ``uniform``: WINDOW_DRAWS numbers from ``draws``
-    (drawn here when None)."""
+    just that window (``segmodel.dataset``). ``uniform``: WINDOW_DRAWS numbers from ``draws``."""
     import tensorflow as tf
-    if uniform is None:
-        uniform = draws(WINDOW_DRAWS)
     scale = min_scale + (max_scale - min_scale) * uniform[0]
     crop = tf.constant([crop_height, crop_width], tf.int32)
     scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
@@ -155,14 +151,11 @@ def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_s
 
 
 def resample_window(patch, mask_patch, window: dict, crop_height: int, crop_width: int, flip: bool = True,
-                    jitter: float = 0.0, uniform=None):
+                    jitter: float = 0.0, *, uniform):
     """The source window of ``crop_window`` (uint8 image and mask) -> the crop (see random_scale_crop).
-    ``uniform``: RESAMPLE_DRAWS numbers from ``draws``, the flip's and the colour jitter's three
-    (drawn here when None)."""
+    ``uniform``: RESAMPLE_DRAWS numbers from ``draws``, the flip's and the colour jitter's three."""
     import tensorflow as tf
     scale, offset, start, stop = window["scale"], window["offset"], window["start"], window["stop"]
-    if uniform is None:
-        uniform = draws(RESAMPLE_DRAWS)
     if flip:
         flipped = uniform[0] < 0.5
         patch = tf.cond(flipped, lambda: tf.reverse(patch, [1]), lambda: patch)
