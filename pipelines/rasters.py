@@ -47,13 +47,14 @@ def choose_bands(count: int, bands: str | None) -> tuple:
 
 
 # GDAL's block cache defaults to 5% of RAM and fills with every block read or written, so a
-# worker's memory would grow with the raster; 128 MB holds several tile rows of any raster.
+# worker's memory would grow with the raster; 128 MB holds several tile rows of any chunk.
 GDAL_CACHE_MB = 128
 
 
-def gdal_env():
-    import rasterio
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+def limit_gdal_cache() -> None:
+    """Caps GDAL's block cache (a process-wide setting) before a raster is read or written."""
+    from rasterio.env import set_gdal_config
+    set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)
 
 
 def _beam_opener(path, mode="rb"):
@@ -64,6 +65,7 @@ def open_raster(path: str):
     """rasterio dataset for a local path or any Beam filesystem URI (gs://...): remote files are
     read through Beam's seekable file objects, so a window read fetches only the bytes it needs."""
     import rasterio
+    limit_gdal_cache()
     if "://" in path:
         return rasterio.open(path, opener=_beam_opener)
     return rasterio.open(path)
@@ -117,11 +119,23 @@ def write_png(path: str, mask: np.ndarray) -> None:
     write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
 
 
-def mask_profile(info: ImageInfo, height: int | None = None) -> dict:
+def mask_profile(info: ImageInfo) -> dict:
     from rasterio.transform import Affine
-    return dict(driver="GTiff", height=height or info.height, width=info.width, count=1, dtype="uint8",
+    return dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype="uint8",
                 crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=255,
                 tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+
+
+def write_plain_tiff(local: str, mask: np.ndarray) -> None:
+    """A uint8 mask as a tiled, deflated GeoTIFF without georeferencing (a chunk's part file)."""
+    import rasterio
+    import warnings
+    from rasterio.errors import NotGeoreferencedWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=1,
+                           dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+            dst.write(mask[None])
 
 
 def upload_atomic(local: str, path: str, mime_type: str = "image/tiff") -> None:
@@ -139,6 +153,7 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> s
     import rasterio
     from rasterio.shutil import copy as rio_copy
     from rasterio.windows import Window
+    limit_gdal_cache()
     workdir = tempfile.mkdtemp(prefix="segpipe-mask-")
     plain = os.path.join(workdir, "plain.tif")
     with rasterio.open(plain, "w", **mask_profile(info)) as dst:
@@ -146,10 +161,9 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> s
             dst.write(data[None], window=Window(col, row, data.shape[1], data.shape[0]))
         dst.write_colormap(1, colormap)
     cog = os.path.join(workdir, "cog.tif")
-    try:
-        rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
-    except Exception:  # a GDAL without the COG driver: the tiled GeoTIFF is still valid
-        cog = plain
+    # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
+    # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
+    rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
     upload_atomic(cog, path)
     return cog
 

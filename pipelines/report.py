@@ -22,30 +22,14 @@ import sys
 
 import numpy as np
 
+from pipelines.palette import colorize, overlay, palette
+from segformat.masks import IGNORE_INDEX
+
 LOG = logging.getLogger(__name__)
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}img{max-width:100%}.grid img{width:24%;margin:0.2%}.queue{white-space:nowrap}.queue img{height:96px;margin:2px}
 .muted{color:#777}section{margin-top:2em}"""
-
-
-def _palette(n: int) -> np.ndarray:
-    from pipelines.batch_segment import class_color
-    colors = np.array([class_color(i) for i in range(256)], np.uint8)
-    colors[255] = (255, 255, 255)
-    return colors
-
-
-def colorize(mask: np.ndarray) -> np.ndarray:
-    return _palette(256)[mask]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    colors = colorize(mask).astype(np.float32)
-    painted = (mask > 0) & (mask != 255)
-    out = image.astype(np.float32)
-    out[painted] = 0.45 * out[painted] + 0.55 * colors[painted]
-    return out.astype(np.uint8)
 
 
 def _save_png(array: np.ndarray, path: str, max_side: int = 512) -> None:
@@ -82,7 +66,7 @@ def dataset_section(out: str, dataset: str) -> str:
     names, values = list(pixels), [pixels[n] for n in pixels]
 
     def draw(fig, ax):
-        ax.bar(names, values, color=[np.array(_palette(256)[i if n != "ignore" else 255]) / 255
+        ax.bar(names, values, color=[np.array(palette()[i if n != "ignore" else IGNORE_INDEX]) / 255
                                      for i, n in enumerate(names)], edgecolor="black")
         ax.set_yscale("log")
         ax.set_ylabel("pixels")
@@ -236,7 +220,7 @@ def build_report(output: str, dataset: str = "", model: str = "", metrics: str =
     classes = _read_json(f"{model}/classes.json") if model else None
     if classes:
         legend = "<p>" + " ".join(
-            f"<span style='display:inline-block;width:12px;height:12px;background:rgb{tuple(int(v) for v in _palette(256)[c['index']])}'></span> "
+            f"<span style='display:inline-block;width:12px;height:12px;background:rgb{tuple(int(v) for v in palette()[c['index']])}'></span> "
             f"{html.escape(c['name'])}" for c in classes["classes"]) + "</p>"
     body = "".join([dataset_section(output, dataset) if dataset else "", training_section(output, model),
                     metrics_section(output, metrics_doc), samples_section(output, model, data, samples),

@@ -1,11 +1,17 @@
-"""Windows over a large image and the blending that stitches per-tile scores back seamlessly.
+"""Tile and chunk geometry over a large image, the blend weights, and column-major RLE runs.
 
 Tiles of ``tile`` pixels overlap by ``overlap``; the last tile in each direction is moved back so
 it ends at the image edge (every tile of one image has the same shape, so tiles batch together,
 and no tile reaches outside the image). Each tile's class probabilities are weighted by a ramp
 that is 1 in the tile's centre and falls linearly over ``overlap`` pixels towards its edges, so
-in an overlap the tile that sees more context dominates and there is no seam. The output is cut
-into ``block`` x ``block`` blocks that can be stitched independently (and in parallel).
+in an overlap the tile that sees more context dominates and there is no seam
+(``segmodel.predict`` does the blending).
+
+A large image is cut into *chunks*: rectangles of the output that can be segmented
+independently. A chunk runs every tile of the image's one global tile grid that touches it, so
+its pixels are exactly those of a whole-image blend; neighbouring chunks share (recompute) the
+one tile row or column that straddles their border. Chunk borders sit where a tile ends, so only
+one tile straddles each border.
 """
 from __future__ import annotations
 
@@ -29,6 +35,31 @@ def tile_windows(height: int, width: int, tile: int, overlap: int) -> list:
     return [(r, c, th, tw) for r in tile_starts(height, tile, overlap) for c in tile_starts(width, tile, overlap)]
 
 
+def tiles_touching(length: int, tile: int, overlap: int, start: int, end: int) -> list:
+    """The tile starts whose tiles overlap [start, end): every tile that contributes to it."""
+    size = min(tile, length)
+    return [s for s in tile_starts(length, tile, overlap) if s < end and s + size > start]
+
+
+def chunk_bounds(length: int, tile: int, overlap: int, chunk: int) -> list:
+    """[(start, end)] cutting [0, length) into chunks of at most ``chunk`` pixels whose borders
+    fall where a tile ends (so one tile straddles each border); ``chunk`` >= ``tile``."""
+    if length <= chunk:
+        return [(0, length)]
+    size = min(tile, length)
+    ends = [s + size for s in tile_starts(length, tile, overlap)]
+    bounds, start = [], 0
+    while start < length:
+        if start + chunk >= length:
+            end = length
+        else:
+            fitting = [e for e in ends if start < e <= start + chunk]
+            end = max(fitting) if fitting else start + chunk
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 def blend_weights(tile_height: int, tile_width: int, overlap: int) -> np.ndarray:
     """[th, tw] float32 weights, 1 in the centre, ramping down over ``overlap`` pixels, never 0."""
     def ramp(n):
@@ -37,17 +68,6 @@ def blend_weights(tile_height: int, tile_width: int, overlap: int) -> np.ndarray
         i = np.arange(n, dtype=np.float32)
         return np.minimum(1.0, (np.minimum(i, n - 1 - i) + 1.0) / (overlap + 1.0))
     return np.outer(ramp(tile_height), ramp(tile_width)).astype(np.float32)
-
-
-def blocks_of_window(row: int, col: int, th: int, tw: int, block: int):
-    """Yields (block_row, block_col, window-relative slice, block-relative slice) for every output
-    block the window intersects."""
-    for br in range(row // block, (row + th - 1) // block + 1):
-        for bc in range(col // block, (col + tw - 1) // block + 1):
-            r0, r1 = max(row, br * block), min(row + th, (br + 1) * block)
-            c0, c1 = max(col, bc * block), min(col + tw, (bc + 1) * block)
-            yield (br, bc, (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)),
-                   (slice(r0 - br * block, r1 - br * block), slice(c0 - bc * block, c1 - bc * block)))
 
 
 def column_runs(binary: np.ndarray) -> list:
@@ -77,93 +97,16 @@ def merge_runs(runs: list, more: list) -> list:
     return runs + list(more[1:])
 
 
+def empty_stats(num_classes: int) -> dict:
+    return {"pixels": np.zeros(num_classes, np.int64), "confidence": np.zeros(num_classes), "entropy": 0.0}
+
+
 def sum_stats(stats_list, num_classes: int) -> dict:
-    """Adds up the per-block / per-strip statistics that ``resolve`` returns."""
-    total = {"pixels": np.zeros(num_classes, np.int64), "confidence": np.zeros(num_classes), "entropy": 0.0}
+    """Adds up per-row / per-chunk statistics: pixels and summed confidence per class, summed
+    entropy (each a plain list or array, so they travel as JSON)."""
+    total = empty_stats(num_classes)
     for stats in stats_list:
-        total["pixels"] += stats["pixels"]
-        total["confidence"] += stats["confidence"]
-        total["entropy"] += stats["entropy"]
+        total["pixels"] += np.asarray(stats["pixels"], np.int64)
+        total["confidence"] += np.asarray(stats["confidence"], np.float64)
+        total["entropy"] += float(stats["entropy"])
     return total
-
-
-def resolve(scores: np.ndarray, weights: np.ndarray, valid: np.ndarray, num_classes: int):
-    """Blended scores -> (class mask uint8 with 255 where invalid, per-class stats dict)."""
-    probabilities = scores / np.maximum(weights, 1e-12)[..., None]
-    mask = probabilities.argmax(-1).astype(np.uint8)
-    confidence = probabilities.max(-1)
-    entropy = -(probabilities * np.log(np.clip(probabilities, 1e-12, 1.0))).sum(-1)
-    mask[~valid] = 255
-    classes = mask[valid].astype(np.int64)
-    stats = {
-        "pixels": np.bincount(classes, minlength=num_classes).astype(np.int64),
-        "confidence": np.bincount(classes, weights=confidence[valid], minlength=num_classes),
-        "entropy": float(entropy[valid].sum()),
-    }
-    return mask, stats
-
-
-RESOLVE_COLUMNS = 2048
-
-
-class RowStitcher:
-    """Blends tile rows of one horizontal strip into final mask rows, keeping only one tile
-    height of scores in memory whatever the raster's height.
-
-    Tile rows must be added top to bottom (``start_row`` then ``add`` per tile); rows above a new
-    tile row's start can receive no further contributions, so they are resolved and returned.
-    Only rows in ``[row0, row1)`` (the strip this stitcher owns) are returned.
-    """
-
-    def __init__(self, width: int, num_classes: int, tile_height: int, overlap: int, row0: int, row1: int):
-        # one tile height: when a tile row starts, the rows above it are resolved and dropped, so the
-        # buffer holds exactly the new tile row (whose top rows carry the previous row's overlap)
-        self.capacity = tile_height
-        self.scores = np.zeros((self.capacity, width, num_classes), np.float32)
-        self.weights = np.zeros((self.capacity, width), np.float32)
-        self.valid = np.ones((self.capacity, width), bool)
-        self.num_classes, self.overlap, self.row0, self.row1 = num_classes, overlap, row0, row1
-        self.base = None
-
-    def _resolve(self, upto: int):
-        """Resolves buffered rows [base, upto) and shifts the buffer to start at ``upto``."""
-        start, end = max(self.base, self.row0), min(upto, self.row1)
-        out = None
-        if end > start:
-            a, b = start - self.base, end - self.base
-            # resolved RESOLVE_COLUMNS at a time: resolve's float temporaries (probabilities,
-            # their log, int64 classes) for a full 16384-wide band of rows were a ~400 MB spike
-            width = self.scores.shape[1]
-            parts = [resolve(self.scores[a:b, c:c + RESOLVE_COLUMNS], self.weights[a:b, c:c + RESOLVE_COLUMNS],
-                             self.valid[a:b, c:c + RESOLVE_COLUMNS], self.num_classes)
-                     for c in range(0, width, RESOLVE_COLUMNS)]
-            out = (start, np.concatenate([mask for mask, _ in parts], axis=1),
-                   sum_stats([stats for _, stats in parts], self.num_classes))
-        shift = upto - self.base
-        for buffer, fill in ((self.scores, 0), (self.weights, 0), (self.valid, True)):
-            if shift >= self.capacity:
-                buffer[:] = fill
-            elif shift > 0:
-                buffer[:-shift] = buffer[shift:].copy()
-                buffer[-shift:] = fill
-        self.base = upto
-        return out
-
-    def start_row(self, row: int):
-        """Starts tile row ``row``; returns (first_row, mask, stats) of rows now final, or None."""
-        if self.base is None:
-            self.base = row
-            return None
-        return self._resolve(row)
-
-    def add(self, row: int, col: int, probabilities: np.ndarray, valid: np.ndarray | None):
-        th, tw = probabilities.shape[:2]
-        w = blend_weights(th, tw, self.overlap)
-        r = row - self.base
-        self.scores[r:r + th, col:col + tw] += probabilities * w[..., None]
-        self.weights[r:r + th, col:col + tw] += w
-        if valid is not None:
-            self.valid[r:r + th, col:col + tw] = valid
-
-    def finish(self):
-        return self._resolve(self.base + self.capacity)

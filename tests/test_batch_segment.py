@@ -9,7 +9,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import segmodel  # noqa: F401
-from pipelines import batch_segment, coco_to_tfrecord
+from pipelines import batch_segment, coco_to_tfrecord, palette
 from segmodel import fcn, layers, tiling
 from tests.conftest import upload_tree
 from tests.helpers import read_records
@@ -113,10 +113,10 @@ def test_geotiff_keeps_crs_transform_and_nodata(pointwise_model, tmp_path, testd
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
-    # 200-row strips: four strips whose tile rows overlap their neighbours' must still stitch
-    # into exactly the single-pass result.
+    # Chunks of at most 300 px: a 3 x 3 grid whose tile rows and columns overlap their
+    # neighbours' must still stitch into exactly the single-pass result.
     segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "32",
-            "--strip_rows", "200")
+            "--chunk_size", "300")
     assert not list((tmp_path / "out/.parts").rglob("*.tif"))  # parts are cleaned up
     with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src, \
             rasterio.open(tmp_path / "out/masks/landsat.tif") as dst:
@@ -124,7 +124,7 @@ def test_geotiff_keeps_crs_transform_and_nodata(pointwise_model, tmp_path, testd
         assert dst.crs == src.crs and dst.transform == src.transform
         assert dst.count == 1 and dst.dtypes[0] == "uint8" and dst.nodata == 255
         assert dst.profile.get("compress", "").lower() == "deflate" and dst.profile.get("tiled")
-        assert dst.colormap(1)[1][:3] == batch_segment.class_color(1)
+        assert dst.colormap(1)[1][:3] == palette.class_color(1)
         mask = dst.read(1)
         image = src.read().transpose(1, 2, 0)
         nodata = src.dataset_mask() == 0
@@ -172,7 +172,7 @@ def test_gcs_model_inputs_and_outputs_through_the_emulator(pointwise_model, tmp_
     prefix = f"gs://{gcs_bucket}/segment"
     upload_tree(inputs, f"{prefix}/in")
     upload_tree(model_dir, f"{prefix}/model")
-    segment(f"{prefix}/model", f"{prefix}/in/*", f"{prefix}/out", "--tile_size", "32", "--strip_rows", "20")
+    segment(f"{prefix}/model", f"{prefix}/in/*", f"{prefix}/out", "--tile_size", "32", "--chunk_size", "32")
     expected = np.asarray(model(image[None].astype("float32"))).argmax(-1)[0]
     with FileSystems.open(f"{prefix}/out/masks/a.png") as handle:
         import io
@@ -191,7 +191,7 @@ def test_batch_segment_dataflow_job_builds_offline(pointwise_model, tmp_path, gc
     batch_segment.run(["--model", f"gs://{gcs_bucket}/df-model", "--input", f"gs://{gcs_bucket}/tiles/*.tif",
                        "--output_dir", f"gs://{gcs_bucket}/df-out", *dataflow_args(gcs_bucket, tmp_path)])
     names = staged_pipeline_transforms(tmp_path / "template.json")
-    assert {"ExpandTiles", "RunInference", "StitchBlocks", "WriteMasks", "Assemble"} <= {n.split("/")[0] for n in names}
+    assert {"SegmentInputs", "Assemble", "WriteRecords", "WriteErrors"} <= {n.split("/")[0] for n in names}
 
 
 def test_bfloat16_precision_keeps_almost_every_pixel(pointwise_model, tmp_path):

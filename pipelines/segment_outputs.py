@@ -1,0 +1,265 @@
+"""What batch segmentation writes for each input, and the job-wide files.
+
+Per input (``docs/batch_segmentation.md`` has the formats): ``OUT/masks/REL.png`` (or ``.tif``
+for a GeoTIFF), the record ``OUT/masks/REL.json`` (what ``--skip_existing`` reads back),
+``OUT/overlays/REL.jpg`` with ``--overlays``. A raster cut into several chunks first gets one
+part per chunk under ``OUT/.parts/REL/``, merged into the final Cloud-Optimized GeoTIFF band by
+band. Job-wide: ``summary.jsonl`` (most uncertain first) and ``labels_coco.json``, streamed from
+the records. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import palette, rasters
+from pipelines.chunks import Chunk
+from pipelines.transforms import commit_temp, error_record, temp_name, write_atomic
+from segformat.masks import IGNORE_INDEX
+from segmodel import tiling
+
+# Rows of the output GeoTIFF assembled at once when parts are merged: one block row of the
+# 256-pixel tiling, so each block is written once, whole (memory: 256 x width bytes).
+MERGE_ROWS = 256
+# Column strips read to build a raster's COCO RLE (column-major): at most this many pixels at once.
+RLE_STRIP_PIXELS = 16 << 20
+SUMMARY_KEYS = ("input", "mask", "height", "width", "class_fraction", "mean_confidence", "review_priority")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """Where and what to write (the part of the job's configuration the writers need)."""
+    output_dir: str
+    class_names: tuple
+    overlays: bool = False
+
+
+def mask_path(spec: OutputSpec, rel: str, kind: str) -> str:
+    return f"{spec.output_dir}/masks/{rel}{'.tif' if kind == 'geotiff' else '.png'}"
+
+
+def record_path(spec: OutputSpec, rel: str) -> str:
+    return f"{spec.output_dir}/masks/{rel}.json"
+
+
+def part_path(spec: OutputSpec, chunk: Chunk) -> str:
+    return f"{spec.output_dir}/.parts/{chunk.rel}/chunk-{chunk.grid[0]:05d}-{chunk.grid[1]:05d}.tif"
+
+
+class ChunkWriter:
+    """Called once per segmented chunk (``TiledSegmenter.segment``'s ``on_done``); returns the
+    chunk's outcome, a small dict: ``{"record": ...}`` for a finished input, ``{"part": ...}`` for
+    one chunk of a larger raster, ``{"error": ...}`` for an input that failed. Never raises."""
+
+    def __init__(self, spec: OutputSpec):
+        self.spec = spec
+
+    def __call__(self, job, mask, stats, error) -> dict:
+        chunk = job.chunk
+        try:
+            if error is not None:
+                raise error
+            if not chunk.whole:
+                return {"part": self._write_part(chunk, mask, stats)}
+            if chunk.kind == "image":
+                return {"record": self._write_photo(job, chunk, mask, stats)}
+            return {"record": self._write_raster(chunk, mask, stats)}
+        except Exception as e:  # one input's failure is its error record, never the job's end
+            return {"error": failure_record(chunk.source, e)}
+
+    def _write_photo(self, job, chunk: Chunk, mask, stats) -> dict:
+        height, width = mask.shape
+        path = mask_path(self.spec, chunk.rel, "image")
+        rasters.write_png(path, mask)
+        if self.spec.overlays and job.image is not None:
+            from PIL import Image
+            buffer = io.BytesIO()
+            Image.fromarray(palette.overlay(job.image, mask)).save(buffer, format="JPEG", quality=85)
+            write_atomic(f"{self.spec.output_dir}/overlays/{chunk.rel}.jpg", buffer.getvalue(), "image/jpeg")
+        info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
+        runs = class_runs(lambda c0, c1: mask[:, c0:c1], height, width, present_classes(stats))
+        return finish_input(self.spec, info, path, stats, runs)
+
+    def _write_raster(self, chunk: Chunk, mask, stats) -> dict:
+        info = chunk.info
+        path = mask_path(self.spec, chunk.rel, "geotiff")
+        local = rasters.write_geotiff_mask(path, info, [(0, 0, mask)], palette.geotiff_colormap(len(self.spec.class_names)))
+        shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        runs = class_runs(lambda c0, c1: mask[:, c0:c1], info.height, info.width, present_classes(stats))
+        return finish_input(self.spec, info, path, stats, runs)
+
+    def _write_part(self, chunk: Chunk, mask, stats) -> dict:
+        path = part_path(self.spec, chunk)
+        workdir = tempfile.mkdtemp(prefix="segpipe-part-")
+        try:
+            local = os.path.join(workdir, "part.tif")
+            rasters.write_plain_tiff(local, mask)
+            rasters.upload_atomic(local, path)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return {"path": path, "core": chunk.core, "stats": {k: np.asarray(v).tolist() for k, v in stats.items()}}
+
+
+def failure_record(source: str, error: Exception) -> dict:
+    from pipelines.images import ImageError
+    if isinstance(error, ImageError):
+        return error_record(source, error.reason, error.detail)
+    reason = "unreadable_image" if isinstance(error, (OSError, ValueError)) else "segmentation_failed"
+    return error_record(source, reason, f"{type(error).__name__}: {error}"[:500])
+
+
+def present_classes(stats) -> list:
+    return [c for c, pixels in enumerate(np.asarray(stats["pixels"])) if c > 0 and pixels > 0]
+
+
+def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
+    """A raster's chunk outcomes -> its COG mask and record, or (when a chunk failed or is
+    missing) its error record; the parts are deleted either way."""
+    chunks = [o["chunk"] for o in outcomes]
+    first = chunks[0]
+    parts = [o["part"] for o in outcomes if "part" in o]
+    try:
+        failed = [o["error"] for o in outcomes if "error" in o]
+        if failed:
+            return {"error": failed[0]}
+        if len({c.grid for c in chunks}) != first.count:
+            return {"error": error_record(first.source, "segmentation_failed",
+                                          f"{len(parts)} of {first.count} chunks came back")}
+        info = first.info
+        totals = tiling.sum_stats([p["stats"] for p in parts], len(spec.class_names))
+        path = mask_path(spec, rel, "geotiff")
+        local = rasters.write_geotiff_mask(path, info, _merged_bands(info, parts),
+                                           palette.geotiff_colormap(len(spec.class_names)))
+        try:
+            with rasters.open_raster(local) as src:
+                from rasterio.windows import Window
+                runs = class_runs(lambda c0, c1: src.read(1, window=Window(c0, 0, c1 - c0, info.height)),
+                                  info.height, info.width, present_classes(totals))
+        finally:
+            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        return {"record": finish_input(spec, info, path, totals, runs)}
+    except Exception as e:
+        return {"error": failure_record(first.source, e)}
+    finally:
+        if parts:
+            FileSystems.delete([p["path"] for p in parts])
+
+
+def _merged_bands(info, parts):
+    """(row, 0, uint8 [rows, width]) bands of MERGE_ROWS rows, each assembled from the parts it crosses."""
+    from rasterio.windows import Window
+    opened = [(p["core"], rasters.open_raster(p["path"])) for p in parts]
+    try:
+        for top in range(0, info.height, MERGE_ROWS):
+            bottom = min(info.height, top + MERGE_ROWS)
+            band = np.full((bottom - top, info.width), IGNORE_INDEX, np.uint8)
+            for (r0, r1, c0, c1), src in opened:
+                a, b = max(top, r0), min(bottom, r1)
+                if a < b:
+                    band[a - top:b - top, c0:c1] = src.read(1, window=Window(0, a - r0, c1 - c0, b - a))
+            yield top, 0, band
+    finally:
+        for _, src in opened:
+            src.close()
+
+
+def class_runs(read_columns, height: int, width: int, classes) -> dict:
+    """Column-major RLE counts per class, read in vertical strips (never the whole raster)."""
+    runs = {c: [] for c in classes}
+    strip = max(1, min(width, RLE_STRIP_PIXELS // max(height, 1)))
+    for col in range(0, width, strip):
+        data = read_columns(col, min(width, col + strip))
+        for c in classes:
+            runs[c] = tiling.merge_runs(runs[c], tiling.column_runs(data == c))
+    return runs
+
+
+def finish_input(spec: OutputSpec, info, path: str, totals: dict, runs: dict) -> dict:
+    """The input's record, also written beside its mask (what --skip_existing reads back)."""
+    record = make_record(info, path, spec.class_names, totals, runs)
+    write_atomic(record_path(spec, info.rel), json.dumps(record).encode(), "application/json")
+    return record
+
+
+def make_record(info, path, names, totals, runs) -> dict:
+    """The per-input summary (docs/batch_segmentation.md) plus its COCO annotations (without ids)."""
+    from pycocotools import mask as mask_utils
+    pixels = np.asarray(totals["pixels"])
+    confidence = np.asarray(totals["confidence"])
+    valid = int(pixels.sum())
+    fractions = {names[c]: float(pixels[c] / valid) for c in range(len(names)) if valid and pixels[c] > 0}
+    annotations = []
+    for c, counts in sorted(runs.items()):
+        rle = mask_utils.frPyObjects({"size": [info.height, info.width], "counts": counts}, info.height, info.width)
+        annotations.append({
+            "category_id": int(c), "iscrowd": 0,
+            "segmentation": {"size": [info.height, info.width], "counts": rle["counts"].decode("ascii")},
+            "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            "score": float(confidence[c] / max(pixels[c], 1)),
+        })
+    num_classes = len(names)
+    mean_entropy = float(totals["entropy"]) / max(valid, 1)
+    return {
+        "input": info.source, "mask": path, "height": info.height, "width": info.width,
+        "class_fraction": fractions,
+        "mean_confidence": float(confidence.sum() / max(valid, 1)),
+        # Mean pixel entropy over log(C): 0 = certain everywhere, 1 = uniform guessing.
+        "review_priority": float(mean_entropy / math.log(num_classes)) if num_classes > 1 else 0.0,
+        "file_name": info.rel + posixpath.splitext(info.source)[1],
+        "annotations": annotations,
+    }
+
+
+def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
+    """Streams the per-input records into summary.jsonl (most uncertain first) and
+    labels_coco.json (image ids 1..N in file-name order), never holding all annotations."""
+    files = sorted(f for batch in record_files for f in ([batch] if isinstance(batch, str) else batch))
+
+    def records():
+        for name in files:
+            with FileSystems.open(name) as handle:
+                for line in handle.read().decode().splitlines():
+                    if line.strip():
+                        yield json.loads(line)
+
+    index = sorted((r["file_name"], r["review_priority"], json.dumps({k: r[k] for k in SUMMARY_KEYS}))
+                   for r in records())
+    ids = {name: k + 1 for k, (name, _, _) in enumerate(index)}
+    summary = "".join(line + "\n" for _, _, line in sorted(index, key=lambda t: (-t[1], t[0])))
+    write_atomic(f"{output_dir}/summary.jsonl", summary.encode(), "application/jsonl")
+    with tempfile.TemporaryFile("w+") as images_part, tempfile.TemporaryFile("w+") as anns_part:
+        first_image, first_ann, ann_id = True, True, 0
+        seen = set()
+        for record in records():
+            if record["file_name"] in seen:
+                continue
+            seen.add(record["file_name"])
+            image_id = ids[record["file_name"]]
+            images_part.write(("" if first_image else ",\n") + json.dumps(
+                {"id": image_id, "file_name": record["file_name"], "height": record["height"],
+                 "width": record["width"]}))
+            first_image = False
+            for ann in record["annotations"]:
+                ann_id += 1
+                anns_part.write(("" if first_ann else ",\n") + json.dumps(dict(ann, id=ann_id, image_id=image_id)))
+                first_ann = False
+        categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(class_names) if i > 0]
+        temp = temp_name(f"{output_dir}/labels_coco.json")
+        with FileSystems.create(temp, mime_type="application/json") as out:
+            out.write(json.dumps({"description": "segpipe machine labels"}).join(
+                ['{"info": ', f', "licenses": [], "categories": {json.dumps(categories)}, "images": [\n']).encode())
+            for part, closing in ((images_part, '\n], "annotations": [\n'), (anns_part, "\n]}\n")):
+                part.seek(0)
+                while chunk := part.read(1 << 20):
+                    out.write(chunk.encode())
+                out.write(closing.encode())
+    commit_temp(temp, f"{output_dir}/labels_coco.json")

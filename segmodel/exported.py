@@ -1,0 +1,57 @@
+"""The exported model on disk, found and loaded one way everywhere (evaluation, batch
+segmentation, the report, benchmarks).
+
+A model is named by its folder (``MODEL/``, holding ``model.keras`` and ``classes.json``) or by
+the ``.keras`` file itself (``classes.json`` beside it), local or remote. Remote files are read
+through ``opener`` (a function path -> readable binary file: Beam's ``FileSystems.open`` in the
+Beam jobs, TensorFlow's ``tf.io.gfile.GFile`` by default) and the model is copied to a local
+temporary file first, because Keras loads ``.keras`` archives from local paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+
+def model_files(model: str) -> tuple:
+    """(path of the .keras file, path of classes.json) for a MODEL folder or a .keras file."""
+    if model.endswith(".keras"):
+        return model, f"{model.rsplit('/', 1)[0] if '/' in model else '.'}/classes.json"
+    folder = model.rstrip("/")
+    return f"{folder}/model.keras", f"{folder}/classes.json"
+
+
+def _gfile_open(path: str):
+    import tensorflow as tf
+    return tf.io.gfile.GFile(path, "rb")
+
+
+def load_exported(model: str, opener=None):
+    """The exported Keras model (custom layers registered), any layout it was exported with."""
+    import keras
+
+    import segmodel  # noqa: F401  (registers the FCN's custom layers)
+    path, _ = model_files(model)
+    if "://" not in path:
+        return keras.models.load_model(path, compile=False)
+    workdir = tempfile.mkdtemp(prefix="segpipe-model-")
+    local = os.path.join(workdir, "model.keras")
+    try:
+        with (opener or _gfile_open)(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+        return keras.models.load_model(local, compile=False)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def read_classes(model: str, opener=None) -> dict:
+    """The model's classes.json document ({"ignore_index": 255, "classes": [{"index", "name"}, ...]})."""
+    _, path = model_files(model)
+    with (opener or _gfile_open)(path) as handle:
+        return json.loads(handle.read())
+
+
+def class_names(model: str, opener=None) -> tuple:
+    return tuple(c["name"] for c in read_classes(model, opener)["classes"])
