@@ -206,3 +206,30 @@ def test_bfloat16_precision_keeps_almost_every_pixel(pointwise_model, tmp_path):
     bf16 = fcn.with_precision(model, "bfloat16")
     assert bf16.get_layer(index=-1).compute_dtype == "float32" and any(
         layer.compute_dtype == "bfloat16" for layer in bf16.layers)
+
+
+def test_only_small_descriptions_cross_a_shuffle(pointwise_model, tmp_path, testdata):
+    """What goes through every GroupByKey (Reshuffle, the raster parts, the file sinks) stays
+    under 64 KB per input, for photos and for a GeoTIFF cut into a grid of chunks: no pixels, no
+    scores (a 512 x 512 tile of 4-class float32 scores alone is 4 MB)."""
+    from tests.shuffle_bytes import counting_shuffles, shuffle_bytes
+    model_dir, _ = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(3):
+        random_image(inputs / f"photo{k}.png", 768, 1024, 30 + k)
+    shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
+    for pattern, inputs_count, pixels in ((f"{inputs}/*.png", 3, 3 * 768 * 1024), (f"{inputs}/*.tif", 1, 791 * 718)):
+        with counting_shuffles():
+            result = segment(model_dir, pattern, tmp_path / f"out{inputs_count}", "--tile_size", "128",
+                             "--tile_overlap", "16", "--chunk_size", "256")
+        sizes = shuffle_bytes(result)
+        counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+        assert counters["images_segmented"] == inputs_count
+        assert any("Spread" in name for name in sizes) and any("WriteRecords" in name for name in sizes), sizes
+        if inputs_count == 1:
+            assert counters["chunks"] >= 9 and any("GroupParts" in name for name in sizes), sizes
+        total = sum(sizes.values())
+        print(f"{pattern}: {total / inputs_count:.0f} bytes per input through shuffles, "
+              f"{total / pixels:.4f} per input pixel: {sizes}")
+        assert total / inputs_count <= 64 * 1024, sizes

@@ -1,41 +1,50 @@
-"""Tiling and stitching as pure functions: strips of a raster stitch to the global blend."""
+"""Tile and chunk geometry as pure functions, and the column-major RLE runs."""
 import numpy as np
+import pytest
 
 from segmodel import tiling
 
 
-def global_blend(h, w, tile, overlap, tile_probs):
-    scores = np.zeros((h, w, 3), np.float32)
-    weights = np.zeros((h, w), np.float32)
-    for (r, c, th, tw), p in zip(tiling.tile_windows(h, w, tile, overlap), tile_probs):
-        wt = tiling.blend_weights(th, tw, overlap)
-        scores[r:r + th, c:c + tw] += p * wt[..., None]
-        weights[r:r + th, c:c + tw] += wt
-    return tiling.resolve(scores, weights, np.ones((h, w), bool), 3)[0]
+@pytest.mark.parametrize("length,tile,overlap", [(1000, 256, 32), (333, 64, 16), (50, 64, 16), (4096, 512, 64),
+                                                 (513, 512, 64), (700, 128, 0)])
+def test_tiles_cover_the_image_with_the_stated_overlap(length, tile, overlap):
+    starts = tiling.tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    covered = np.zeros(length, int)
+    for s in starts:
+        assert 0 <= s and s + size <= length  # no tile reaches outside the image
+        covered[s:s + size] += 1
+    assert covered.min() >= 1
+    # consecutive tiles overlap by at least `overlap` (the last one, moved back, by more)
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
 
 
-def test_strips_stitch_exactly_like_one_global_blend_with_a_position_dependent_model():
-    rng = np.random.default_rng(0)
-    h, w, tile, overlap = 301, 277, 64, 16
-    windows = tiling.tile_windows(h, w, tile, overlap)
-    probs = {(r, c): rng.dirichlet(np.ones(3), (th, tw)).astype(np.float32) for r, c, th, tw in windows}
-    expected = global_blend(h, w, tile, overlap, [probs[(r, c)] for r, c, _, _ in windows])
-    for strip_rows in (40, 100, 301):
-        out = np.full((h, w), 77, np.uint8)
-        for row0 in range(0, h, strip_rows):
-            row1 = min(h, row0 + strip_rows)
-            stitcher = tiling.RowStitcher(w, 3, min(tile, h), overlap, row0, row1)
-            done = []
-            for r in [r for r in tiling.tile_starts(h, tile, overlap) if r < row1 and r + min(tile, h) > row0]:
-                done.append(stitcher.start_row(r))
-                for c in tiling.tile_starts(w, tile, overlap):
-                    stitcher.add(r, c, probs[(r, c)], None)
-            done.append(stitcher.finish())
-            for item in done:
-                if item is not None:
-                    first, mask, _ = item
-                    out[first:first + mask.shape[0]] = mask
-        np.testing.assert_array_equal(out, expected)
+@pytest.mark.parametrize("length,chunk", [(20000, 4096), (4096, 4096), (5000, 4096), (1000, 300), (777, 512)])
+def test_chunk_borders_fall_where_a_tile_ends(length, chunk):
+    tile, overlap = 256 if chunk < 512 else 512, 32 if chunk < 512 else 64
+    bounds = tiling.chunk_bounds(length, tile, overlap, chunk)
+    assert bounds[0][0] == 0 and bounds[-1][1] == length
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # no gap, no overlap
+    assert all(0 < end - start <= chunk for start, end in bounds)
+    starts = tiling.tile_starts(length, tile, overlap)
+    for _, border in bounds[:-1]:
+        straddling = [s for s in starts if s < border < s + min(tile, length)]
+        assert len(straddling) == 1, border  # one tile row recomputed per border, not two
+
+
+def test_tiles_touching_a_chunk_are_exactly_those_that_overlap_it():
+    starts = tiling.tile_starts(1000, 128, 32)
+    for a, b in tiling.chunk_bounds(1000, 128, 32, 300):
+        touching = tiling.tiles_touching(1000, 128, 32, a, b)
+        assert touching == [s for s in starts if max(s, a) < min(s + 128, b)]
+
+
+def test_blend_weights_ramp_linearly_to_the_edges():
+    w = tiling.blend_weights(10, 7, 3)
+    # transcription of the rule: min(1, (distance to the nearer edge + 1) / (overlap + 1)), separable
+    ramp = lambda n: np.array([min(1.0, (min(i, n - 1 - i) + 1) / 4) for i in range(n)])  # noqa: E731
+    np.testing.assert_allclose(w, np.outer(ramp(10), ramp(7)), rtol=1e-6)
+    assert w.min() > 0 and tiling.blend_weights(5, 5, 0).min() == 1
 
 
 def test_column_strip_runs_rebuild_the_rle():
