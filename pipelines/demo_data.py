@@ -114,13 +114,15 @@ def write_coco_dataset(out_dir: str, num_images: int, size=(192, 256), seed: int
 
 
 def write_geotiff_mosaic(path: str, size: int = 4096, block: int = 512, seed: int = 0,
-                         labels_path: str | None = None) -> str:
-    """A tiled, georeferenced (EPSG:3857, 1 m pixels) RGB GeoTIFF of the same world, written block
-    by block so memory stays at one block; optionally its ground-truth labels beside it."""
+                         labels_path: str | None = None, width: int | None = None) -> str:
+    """A tiled, georeferenced (EPSG:3857, 1 m pixels) RGB GeoTIFF of the same world, ``size``
+    pixels high and ``width`` (default ``size``) wide, written block by block so memory stays at
+    one block; optionally its ground-truth labels beside it."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:3857",
+    height, width = size, width or size
+    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs="EPSG:3857",
                    transform=from_origin(1_000_000.0, 6_000_000.0, 1.0, 1.0), tiled=True, blockxsize=256,
                    blockysize=256, compress="deflate", photometric="RGB")
     truth = None
@@ -128,10 +130,10 @@ def write_geotiff_mosaic(path: str, size: int = 4096, block: int = 512, seed: in
         if labels_path:
             truth = rasterio.open(labels_path, "w", **dict(profile, count=1, photometric="MINISBLACK"))
         try:
-            for row in range(0, size, block):
-                for col in range(0, size, block):
+            for row in range(0, height, block):
+                for col in range(0, width, block):
                     rng = np.random.default_rng([seed, 7, row, col])
-                    h, w = min(block, size - row), min(block, size - col)
+                    h, w = min(block, height - row), min(block, width - col)
                     image, _, labels = scene(rng, h, w)
                     window = Window(col, row, w, h)
                     dst.write(image.transpose(2, 0, 1), window=window)
