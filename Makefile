@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast browser bench mutate clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked slow (training, whole pipelines on real models): under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Debian's chromium and chromedriver for the report's browser test (root, or sudo).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ $$(command -v sudo) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) \
+	  apt-get install -y -qq chromium chromium-driver; }
 
 # The README's numbers (about 25 minutes on 2 cores; bench_output/ keeps data and results).
 bench: $(STAMP)

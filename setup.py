@@ -11,6 +11,8 @@ INSTALL_REQUIRES = [
     "pycocotools>=2.0.7,<3",
     "pillow>=10.0,<14",
     "google-cloud-storage>=2.14,<4",
+    # CRC-32C for the TFRecord framing (segformat.records); google-cloud-storage needs it too.
+    "google-crc32c>=1.5,<2",
     "numpy>=1.26,<3",
     "rasterio>=1.3.9,<2",
     "matplotlib>=3.8,<4",
@@ -30,7 +32,8 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
-        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5"],
+        # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
+        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8"],
     },
     entry_points={"console_scripts": ["segpipe=pipelines.cli:main"]},
 )

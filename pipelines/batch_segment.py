@@ -32,7 +32,7 @@ from pipelines import images as image_checks
 from pipelines import segment_outputs as outputs
 from pipelines.chunks import plan_chunks
 from pipelines.inference import ChunkModelHandler
-from pipelines.transforms import ERRORS, Progress, count, error_record, make_pipeline, run_and_summarize
+from pipelines.runner import ERRORS, Progress, count, make_pipeline, run_and_summarize
 
 LOG = logging.getLogger(__name__)
 SKIPPED, PARTS = "skipped", "parts"
@@ -243,7 +243,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.input, config)
-    return run_and_summarize(p, "batch_segment", started)
+    return run_and_summarize(p, "batch_segment", started, require=("images_segmented", "images_skipped"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
     segpipe demo ...            everything on built-in data         (pipelines.demo)
 
 ``segpipe <command> --help`` shows each command's flags; flags a Beam job does not know go to
-Beam (``--runner DataflowRunner --project ...``).
+Beam (``--runner DataflowRunner --project ...``). ``segpipe --verbose <command> ...`` also shows
+TensorFlow's C++ log lines (hidden by default: start-up chatter about CPU instructions and CUDA).
 """
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ COMMANDS = {
 
 def main(argv=None) -> int:
     import os
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] == "--verbose"
+    if verbose:
+        argv = argv[1:]
+    # Read by TensorFlow's C++ logging when TensorFlow loads: 3 hides its INFO/WARNING/ERROR lines
+    # (CPU-instruction and CUDA start-up notices), 0 shows them all.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
     for words, (module, function) in COMMANDS.items():
         if tuple(argv[:len(words)]) == words:
             import logging

@@ -23,9 +23,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (DEFAULT_SHARD_BYTES, ERRORS, READ_AHEAD, STATS, ConvertFilesFn, RecordRef,
-                                  WriteSegmentationDataset, count, error_record, make_pipeline, pixel_stats,
-                                  reject_image, run_and_summarize)
+from pipelines.dataset_writer import (DEFAULT_SHARD_BYTES, ConvertFilesFn, RecordRef, WriteSegmentationDataset,
+                                      pixel_stats, reject_image)
+from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
+from pipelines.storage import READ_AHEAD
 from segformat import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ IMAGES, ANNOTATIONS, CATEGORIES = "images", "annotations", "categories"
 @dataclasses.dataclass(frozen=True)
 class CocoConfig:
     images_root: str
-    # CONTRACT.md defaults: crowds become "ignore" so the model is never taught that a crowd of
+    # docs/datasets.md defaults: crowds become "ignore" so the model is never taught that a crowd of
     # people is background, nor that it is one clean instance.
     crowd: str = "ignore"
     # Small objects on top, as in COCO-Stuff and most semantic conversions; "ignore" reproduces
@@ -296,12 +297,14 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
     if not 0.0 <= known.val_fraction < 1.0:
         raise SystemExit("--val_fraction must be in [0, 1)")
+    if not FileSystems.exists(known.annotations):
+        raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
     config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
                         val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards)
-    return run_and_summarize(p, "coco_to_tfrecord", started)
+    return run_and_summarize(p, "coco_to_tfrecord", started, require=("images_written",))
 
 
 if __name__ == "__main__":

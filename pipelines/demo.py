@@ -56,7 +56,7 @@ def run_demo(output_dir: str, config: DemoConfig) -> dict:
                           f"{out}/dataset", "--val_fraction", str(config.val_fraction)])
 
     _stage("3/6 training (tiny FCN-8s on the CPU)")
-    history = train.main(["--train_data", f"{out}/dataset/train-*.tfrecord", "--val_data",
+    history = train.main(["--progress", "2", "--train_data", f"{out}/dataset/train-*.tfrecord", "--val_data",
                           f"{out}/dataset/val-*.tfrecord", "--model_dir", f"{out}/model", "--config", "tiny",
                           "--epochs", str(config.epochs), "--image_size", "128"])
 
@@ -89,7 +89,6 @@ def main(argv=None):
     values = dict(QUICK) if args.quick else {}
     values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)
                    if getattr(args, f.name, None) is not None})
-    os.environ.setdefault("SEGPIPE_VERBOSE", "2")
     return run_demo(args.output_dir, DemoConfig(**values))
 
 

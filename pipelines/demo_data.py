@@ -66,7 +66,7 @@ def scene_annotations(rng: np.random.Generator, height: int, width: int, crowd: 
 def render(rng: np.random.Generator, labels: np.ndarray, crowd_pixels: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 image for a class-id map (255 = crowd, rendered as buildings)."""
     h, w = labels.shape
-    classes = np.where(labels == 255, 2, labels).astype(np.int64)
+    classes = np.where(labels == mask_lib.IGNORE_INDEX, 2, labels).astype(np.int64)
     image = PALETTE[classes].copy()
     image[classes == 2] *= rng.uniform(0.8, 1.2)  # roofs differ between scenes
     # Texture: coarse per-class patches plus per-pixel noise, and a smooth lighting gradient.

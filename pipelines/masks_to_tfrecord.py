@@ -32,8 +32,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.transforms import (ERRORS, READ_AHEAD, STATS, ConvertFilesFn, RecordRef, WriteSegmentationDataset,
-                                  count, make_pipeline, pixel_stats, reject_image, run_and_summarize)
+from pipelines.dataset_writer import ConvertFilesFn, RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
+from pipelines.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
+from pipelines.storage import READ_AHEAD
 from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.images, known.masks, color_map, known.output_dir, known.split, known.num_shards,
                    known.image_key_regex, known.mask_key_regex)
-    return run_and_summarize(p, "masks_to_tfrecord", started)
+    return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",))
 
 
 if __name__ == "__main__":

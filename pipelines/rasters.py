@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import shutil
 import tempfile
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
+from segformat.masks import IGNORE_INDEX
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -115,14 +115,14 @@ def read_window(src, info: ImageInfo, row: int, col: int, height: int, width: in
 
 
 def write_png(path: str, mask: np.ndarray) -> None:
-    from pipelines.transforms import write_atomic
+    from pipelines.storage import write_atomic
     write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
 
 
 def mask_profile(info: ImageInfo) -> dict:
     from rasterio.transform import Affine
     return dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype="uint8",
-                crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=255,
+                crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=IGNORE_INDEX,
                 tiled=True, blockxsize=256, blockysize=256, compress="deflate")
 
 
@@ -136,14 +136,6 @@ def write_plain_tiff(local: str, mask: np.ndarray) -> None:
         with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=1,
                            dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
             dst.write(mask[None])
-
-
-def upload_atomic(local: str, path: str, mime_type: str = "image/tiff") -> None:
-    from pipelines.transforms import commit_temp, temp_name
-    temp = temp_name(path)
-    with open(local, "rb") as src, FileSystems.create(temp, mime_type=mime_type) as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
-    commit_temp(temp, path)
 
 
 def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> str:
@@ -164,7 +156,8 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> s
     # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
     # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
     rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
-    upload_atomic(cog, path)
+    from pipelines.storage import upload_atomic
+    upload_atomic(cog, path, "image/tiff")
     return cog
 
 

@@ -23,7 +23,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import palette, rasters
 from pipelines.chunks import Chunk
-from pipelines.transforms import commit_temp, error_record, temp_name, write_atomic
+from pipelines.runner import error_record
+from pipelines.storage import commit_temp, temp_name, upload_atomic, write_atomic
 from segformat.masks import IGNORE_INDEX
 from segmodel import tiling
 
@@ -103,7 +104,7 @@ class ChunkWriter:
         try:
             local = os.path.join(workdir, "part.tif")
             rasters.write_plain_tiff(local, mask)
-            rasters.upload_atomic(local, path)
+            upload_atomic(local, path, "image/tiff")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return {"path": path, "core": chunk.core, "stats": {k: np.asarray(v).tolist() for k, v in stats.items()}}

@@ -1,7 +1,7 @@
 """segformat: the formats both stages share, with neither TensorFlow nor Beam inside.
 
-* ``segformat.masks``: COCO annotations -> one per-pixel class mask (CONTRACT.md section 1's
-  semantics: pycocotools rasterization, crowds, overlaps, class tables);
+* ``segformat.masks``: COCO annotations -> one per-pixel class mask (docs/datasets.md,
+  mask semantics: pycocotools rasterization, crowds, overlaps, class tables);
 * ``segformat.records``: the tf.train.Example keys of a segmentation record and its encoding.
 
 Kept apart from ``segmodel`` (whose import registers Keras layers and so loads TensorFlow) so

@@ -1,6 +1,6 @@
 """COCO instance annotations -> one per-pixel class-id mask (NumPy + pycocotools only).
 
-The rules are the ones in CONTRACT.md section 1:
+The rules are the ones in docs/datasets.md ("Mask semantics"):
 
 * 0 is background, 255 (``IGNORE_INDEX``) is "ignore", never a class;
 * polygons, uncompressed RLE and compressed RLE are rasterized by pycocotools
@@ -25,14 +25,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 IGNORE_INDEX = 255
-BACKGROUND_INDEX = 0
 # 255 is reserved, 0 is background: at most 254 real classes fit in an 8-bit mask.
 MAX_CLASSES = 254
 
 CROWD_MODES = ("ignore", "class", "drop")
 OVERLAP_MODES = ("smaller_on_top", "ignore")
 
-# The 20 PASCAL VOC categories by COCO id, in VOC index order (CONTRACT.md; torchvision's
+# The 20 PASCAL VOC categories by COCO id, in VOC index order (docs/datasets.md; torchvision's
 # references/segmentation/coco_utils.py uses the same list).
 VOC_COCO_IDS = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
 VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

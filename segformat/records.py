@@ -66,3 +66,17 @@ def build_example(image_bytes: bytes, image_format: str, height: int, width: int
     entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value))
                        for key, value in sorted(features.items()))
     return _field(1, entries)  # Example.features = 1
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord: length (uint64 LE), its masked CRC-32C (uint32 LE), the data, the data's
+    masked CRC-32C: the framing TensorFlow's TFRecordWriter writes (docs/datasets.md)."""
+    import struct
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc32c(length)) + data + struct.pack("<I", _masked_crc32c(data))

@@ -1,4 +1,4 @@
-"""TFRecord shards (CONTRACT.md section 1) -> tf.data pipelines for training and evaluation."""
+"""TFRecord shards (docs/datasets.md) -> tf.data pipelines for training and evaluation."""
 from __future__ import annotations
 
 import json

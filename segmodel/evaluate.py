@@ -14,25 +14,14 @@ import numpy as np
 LOG = logging.getLogger(__name__)
 
 
-def load_model(model_dir: str):
-    """MODEL/model.keras (copied locally first if TensorFlow cannot open the path) and class names."""
-    import keras
+def load_model(model: str):
+    """The exported model (a MODEL folder or .keras file, local or remote) and its class names
+    (None when classes.json is missing)."""
     import tensorflow as tf
 
-    import segmodel  # noqa: F401  (registers custom objects)
-    path = model_dir if model_dir.endswith(".keras") else f"{model_dir}/model.keras"
-    local = path
-    if "://" in path:
-        import tempfile
-        local = f"{tempfile.mkdtemp()}/model.keras"
-        tf.io.gfile.copy(path, local, overwrite=True)
-    model = keras.models.load_model(local, compile=False)
-    classes_path = f"{path.rsplit('/', 1)[0]}/classes.json"
-    names = None
-    if tf.io.gfile.exists(classes_path):
-        with tf.io.gfile.GFile(classes_path) as handle:
-            names = [c["name"] for c in json.load(handle)["classes"]]
-    return model, names
+    from segmodel.exported import class_names, load_exported, model_files
+    names = list(class_names(model)) if tf.io.gfile.exists(model_files(model)[1]) else None
+    return load_exported(model), names
 
 
 def predict_classes(model, images) -> np.ndarray:

@@ -28,8 +28,6 @@ LOG = logging.getLogger(__name__)
 ARCHS = ("fcn8s", "fcn16s", "fcn32s")
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 STRIDE = 32
-VGG16_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-                     "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
 
 
 def _upsample(x, num_classes, factor, name, trainable=True):

@@ -6,7 +6,7 @@ import json
 import keras
 from keras import ops
 
-IGNORE_INDEX = 255
+from segformat.masks import IGNORE_INDEX
 
 
 @keras.saving.register_keras_serializable(package="segmodel")

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-IGNORE_INDEX = 255
+from segformat.masks import IGNORE_INDEX
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -20,7 +20,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def scores(confusion, class_names=None) -> dict:
-    """The metrics.json document (CONTRACT.md section 3) from a confusion matrix."""
+    """The metrics.json document (docs/model.md) from a confusion matrix."""
     cm = np.asarray(confusion, dtype=np.float64)
     n = cm.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 
+from segformat.masks import IGNORE_INDEX
 from segmodel import tiling
 
 LOG = logging.getLogger(__name__)
@@ -351,7 +352,7 @@ def _compiled():
         confidence_sums = tf.math.unsorted_segment_sum(tf.cast(tf.reshape(confidence, [-1]), tf.float64),
                                                        segments, num_classes + 1)
         entropy_sum = tf.reduce_sum(tf.cast(tf.where(valid, entropy, 0.0), tf.float64))
-        return (tf.cast(tf.where(valid, classes, 255), tf.uint8), pixels[:num_classes],
+        return (tf.cast(tf.where(valid, classes, IGNORE_INDEX), tf.uint8), pixels[:num_classes],
                 confidence_sums[:num_classes], entropy_sum)
 
     return weigh, resolve_rows

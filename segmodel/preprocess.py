@@ -13,11 +13,12 @@ Masks are only ever resized with nearest neighbour and padded with 255 (ignore).
 """
 from __future__ import annotations
 
+from segformat.masks import IGNORE_INDEX
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 NORMALIZATIONS = ("imagenet", "caffe")
-IGNORE_INDEX = 255
 
 
 def normalization_for(backbone_weights: str) -> str:

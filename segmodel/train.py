@@ -32,6 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_data", required=True, help="glob of training shards (local or gs://)")
     parser.add_argument("--val_data", default="", help="glob of validation shards; enables best-model selection")
     parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--progress", type=int, choices=(0, 1, 2), default=1,
+                        help="Keras's progress output: 0 none, 1 a live bar (a terminal), 2 one line per epoch (logs)")
     parser.add_argument("--config", choices=sorted(PRESETS), default="paper",
                         help="preset of defaults; flags given explicitly override it")
     for field in dataclasses.fields(TrainConfig):
@@ -103,7 +105,19 @@ def step_budget(max_steps: int):
     return StepBudget()
 
 
-def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=()) -> dict:
+def best_logged(history_csv: str, metric: str):
+    """The best (highest) value of ``metric`` in a CSVLogger file, or None."""
+    import csv
+
+    import tensorflow as tf
+    if not tf.io.gfile.exists(history_csv):
+        return None
+    with tf.io.gfile.GFile(history_csv) as handle:
+        values = [float(row[metric]) for row in csv.DictReader(handle) if row.get(metric) not in (None, "")]
+    return max(values) if values else None
+
+
+def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=(), progress: int = 2) -> dict:
     import keras
     import tensorflow as tf
 
@@ -167,11 +181,15 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
         callbacks.append(step_budget(config.max_steps))
     best_path = f"{scratch}/best.keras"
     if val_ds is not None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_mean_iou", mode="max",
-                                                         save_best_only=True))
+        # After a resume, the checkpoint must beat the best epoch before the kill (history.csv
+        # holds it), not start again from minus infinity and overwrite best.keras with worse.
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            best_path, monitor="val_mean_iou", mode="max", save_best_only=True,
+            initial_value_threshold=best_logged(f"{scratch}/history.csv", "val_mean_iou")
+            if tf.io.gfile.exists(best_path) else None))
     callbacks.extend(extra_callbacks)  # after the backup, so they see a saved epoch
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-                        validation_steps=val_steps, callbacks=callbacks, verbose=int(os.environ.get("SEGPIPE_VERBOSE", "1")))
+                        validation_steps=val_steps, callbacks=callbacks, verbose=progress)
     if chief:
         final = model
         if val_ds is not None and tf.io.gfile.exists(best_path):
@@ -186,7 +204,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = make_parser().parse_args(argv)
-    history = train(args.train_data, args.model_dir, config_from_args(args), args.val_data)
+    history = train(args.train_data, args.model_dir, config_from_args(args), args.val_data, progress=args.progress)
     if history.get("val_mean_iou"):
         print(f"best validation mean IoU: {max(history['val_mean_iou']):.4f}")
     return history

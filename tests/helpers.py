@@ -1,11 +1,15 @@
-"""Small readers used by several tests: TFRecord shards -> parsed records."""
+"""What several test modules share: reading shards back, the GCS emulator and Dataflow template
+helpers, an independent transcription of torchvision's COCO mask rule."""
 from __future__ import annotations
 
 import glob
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 
 def read_records(pattern: str) -> dict:
@@ -20,3 +24,51 @@ def read_records(pattern: str) -> dict:
         record["mask"] = np.asarray(Image.open(io.BytesIO(record[F.MASK_ENCODED])))
         out[record[F.IMAGE_SOURCE_ID].decode()] = record
     return out
+
+
+def staged_pipeline_transforms(template: Path) -> set:
+    """Transform names of the Beam pipeline proto a Dataflow template points at (read from GCS)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.portability.api import beam_runner_api_pb2
+    job = json.loads(template.read_text())
+    url = job["environment"]["sdkPipelineOptions"]["options"].get("pipelineUrl") or \
+        json.dumps(job).split('"pipelineUrl": "')[1].split('"')[0]
+    with FileSystems.open(url) as handle:
+        proto = beam_runner_api_pb2.Pipeline.FromString(handle.read())
+    packages = [p["name"] for p in job["environment"]["workerPools"][0]["packages"]]
+    assert "workflow.tar.gz" in packages  # --setup_file ./setup.py was staged for the workers
+    return {t.unique_name for t in proto.components.transforms.values()}
+
+
+def dataflow_args(bucket, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    return ["--runner", "DataflowRunner", "--project", "segpipe-test-project", "--region", "us-central1",
+            "--temp_location", f"gs://{bucket}/tmp", "--setup_file", str(root / "setup.py"),
+            "--template_location", str(tmp_path / "template.json")]
+
+
+def upload_tree(local: Path, gs_prefix: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            with FileSystems.create(f"{gs_prefix}/{path.relative_to(local).as_posix()}") as handle:
+                handle.write(path.read_bytes())
+
+
+def torchvision_rule(h, w, anns, category_index):
+    """torchvision references/segmentation/coco_utils.py (FilterAndRemapCocoCategories +
+    ConvertCocoPolysToMask), written out in NumPy."""
+    anns = [a for a in anns if a["category_id"] in category_index]
+    if not anns:
+        return np.zeros((h, w), np.uint8)
+    masks = []
+    for a in anns:
+        decoded = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w))
+        if decoded.ndim < 3:
+            decoded = decoded[..., None]
+        masks.append(decoded.any(axis=2))
+    masks = np.stack(masks).astype(np.uint8)
+    cats = np.array([category_index[a["category_id"]] for a in anns], np.uint8)
+    target = (masks * cats[:, None, None]).max(axis=0)
+    target[masks.sum(0) > 1] = 255
+    return target

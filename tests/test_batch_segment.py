@@ -11,9 +11,7 @@ from pycocotools.coco import COCO
 import segmodel  # noqa: F401
 from pipelines import batch_segment, coco_to_tfrecord, palette
 from segmodel import fcn, layers, tiling
-from tests.conftest import upload_tree
-from tests.helpers import read_records
-from tests.test_coco_to_tfrecord import dataflow_args, staged_pipeline_transforms
+from tests.helpers import dataflow_args, read_records, staged_pipeline_transforms, upload_tree
 
 NAMES = ["background", "road", "building", "water"]
 
@@ -118,6 +116,9 @@ def test_geotiff_keeps_crs_transform_and_nodata(pointwise_model, tmp_path, testd
     segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "32",
             "--chunk_size", "300")
     assert not list((tmp_path / "out/.parts").rglob("*.tif"))  # parts are cleaned up
+    from rio_cogeo.cogeo import cog_validate  # a real COG validator, not the code's own idea of one
+    valid, errors, _ = cog_validate(str(tmp_path / "out/masks/landsat.tif"))
+    assert valid and not errors, errors
     with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src, \
             rasterio.open(tmp_path / "out/masks/landsat.tif") as dst:
         assert (dst.width, dst.height) == (src.width, src.height) == (791, 718)
@@ -194,15 +195,21 @@ def test_batch_segment_dataflow_job_builds_offline(pointwise_model, tmp_path, gc
     assert {"SegmentInputs", "Assemble", "WriteRecords", "WriteErrors"} <= {n.split("/")[0] for n in names}
 
 
-def test_bfloat16_precision_keeps_almost_every_pixel(pointwise_model, tmp_path):
+def test_bfloat16_precision_is_used_and_keeps_almost_every_pixel(pointwise_model, tmp_path):
     model_dir, model = pointwise_model
     inputs = tmp_path / "in"
     inputs.mkdir()
     image = random_image(inputs / "a.png", 120, 90, 21)
-    segment(model_dir, f"{inputs}/*.png", tmp_path / "out", "--tile_size", "64", "--precision", "bfloat16")
-    mask = np.asarray(Image.open(tmp_path / "out/masks/a.png"))
+    confidence = {}
+    for precision in ("float32", "bfloat16"):
+        segment(model_dir, f"{inputs}/*.png", tmp_path / precision, "--tile_size", "64", "--precision", precision)
+        confidence[precision] = json.loads((tmp_path / precision / "summary.jsonl").read_text())["mean_confidence"]
+    mask = np.asarray(Image.open(tmp_path / "bfloat16/masks/a.png"))
     fp32 = np.asarray(model(image[None].astype("float32"))).argmax(-1)[0]
     assert mask.shape == fp32.shape and np.mean(mask != fp32) <= 0.01
+    # bfloat16 keeps 8 bits of mantissa: the probabilities, and so the mean confidence, move
+    # (a pipeline that ignored the flag would give float32's value to the last digit).
+    assert abs(confidence["bfloat16"] - confidence["float32"]) > 1e-5, confidence
     bf16 = fcn.with_precision(model, "bfloat16")
     assert bf16.get_layer(index=-1).compute_dtype == "float32" and any(
         layer.compute_dtype == "bfloat16" for layer in bf16.layers)
@@ -233,3 +240,39 @@ def test_only_small_descriptions_cross_a_shuffle(pointwise_model, tmp_path, test
         print(f"{pattern}: {total / inputs_count:.0f} bytes per input through shuffles, "
               f"{total / pixels:.4f} per input pixel: {sizes}")
         assert total / inputs_count <= 64 * 1024, sizes
+
+
+def test_segment_inputs_transform_with_test_pipeline(pointwise_model, tmp_path):
+    """SegmentInputs on Beam's TestPipeline, checked with assert_that; and run() on a given
+    test_pipeline (Beam's testing convention for entry points)."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    import apache_beam as beam
+    model_dir, _ = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    random_image(inputs / "a.png", 40, 50, 1)
+    random_image(inputs / "b.png", 70, 30, 2)
+    (inputs / "c.png").write_bytes(b"not a png")
+    config = batch_segment.SegmentConfig(model=str(model_dir), output_dir=str(tmp_path / "out"),
+                                         class_names=tuple(NAMES), tile_size=32)
+    with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
+        out = (p | beam.Create(sorted(str(f) for f in inputs.iterdir()))
+               | batch_segment.SegmentInputs(config, f"{inputs}/"))
+        assert_that(out["records"] | beam.Map(lambda r: (r["file_name"], r["height"], r["width"])),
+                    equal_to([("a.png", 40, 50), ("b.png", 70, 30)]), label="Records")
+        assert_that(out["errors"] | beam.Map(lambda e: (e["source"].rsplit("/", 1)[-1], e["reason"])),
+                    equal_to([("c.png", "corrupt_image")]), label="Errors")
+    result = batch_segment.run(["--model", str(model_dir), "--input", f"{inputs}/*.png", "--output_dir",
+                                str(tmp_path / "run"), "--tile_size", "32"],
+                               test_pipeline=TestPipeline(runner=fn_runner.FnApiRunner()))
+    assert result.state == "DONE" and len((tmp_path / "run/summary.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_settings_are_one_clear_line(pointwise_model, tmp_path):
+    model_dir, _ = pointwise_model
+    with pytest.raises(SystemExit, match="tile_overlap must be in"):
+        segment(model_dir, f"{tmp_path}/*.png", tmp_path / "out", "--tile_size", "64", "--tile_overlap", "64")
+    with pytest.raises(SystemExit, match="chunk_size .* must be at least tile_size"):
+        segment(model_dir, f"{tmp_path}/*.png", tmp_path / "out", "--chunk_size", "100")

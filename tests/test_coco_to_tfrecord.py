@@ -2,7 +2,6 @@
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,7 @@ from pycocotools.coco import COCO
 from pipelines import coco_to_tfrecord
 from segmodel import features as F
 from segformat.masks import IGNORE_INDEX, VOC_COCO_IDS
-from tests.conftest import upload_tree
-from tests.helpers import read_records
-from tests.test_masks import torchvision_rule
+from tests.helpers import dataflow_args, read_records, staged_pipeline_transforms, torchvision_rule, upload_tree
 
 PERSON = "coco_person_val2017"
 
@@ -247,28 +244,10 @@ def test_gcs_input_and_output_through_the_emulator(tmp_path, testdata, gcs_bucke
         assert np.array_equal(records[source_id]["mask"], mask)
 
 
-def staged_pipeline_transforms(template: Path) -> set:
-    """Transform names of the Beam pipeline proto a Dataflow template points at (read from GCS)."""
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.portability.api import beam_runner_api_pb2
-    job = json.loads(template.read_text())
-    url = job["environment"]["sdkPipelineOptions"]["options"].get("pipelineUrl") or \
-        json.dumps(job).split('"pipelineUrl": "')[1].split('"')[0]
-    with FileSystems.open(url) as handle:
-        proto = beam_runner_api_pb2.Pipeline.FromString(handle.read())
-    packages = [p["name"] for p in job["environment"]["workerPools"][0]["packages"]]
-    assert "workflow.tar.gz" in packages  # --setup_file ./setup.py was staged for the workers
-    return {t.unique_name for t in proto.components.transforms.values()}
-
-
-def dataflow_args(bucket, tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    return ["--runner", "DataflowRunner", "--project", "segpipe-test-project", "--region", "us-central1",
-            "--temp_location", f"gs://{bucket}/tmp", "--setup_file", str(root / "setup.py"),
-            "--template_location", str(tmp_path / "template.json")]
-
-
 def test_dataflow_job_builds_offline(tmp_path, gcs_bucket):
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.create(f"gs://{gcs_bucket}/coco/a.json") as handle:  # the job checks it exists
+        handle.write(b'{"images": [], "annotations": [], "categories": []}')
     coco_to_tfrecord.run(["--annotations", f"gs://{gcs_bucket}/coco/a.json", "--images", f"gs://{gcs_bucket}/i",
                           "--output_dir", f"gs://{gcs_bucket}/dataflow-out", *dataflow_args(gcs_bucket, tmp_path)])
     names = staged_pipeline_transforms(tmp_path / "template.json")

@@ -4,6 +4,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from segformat import masks as M
+from tests.helpers import torchvision_rule
 
 
 def square(x0, y0, x1, y1):
@@ -134,25 +135,6 @@ def test_overlap_ignore():
     a, b = instance(1, 1, square(0, 0, 10, 10)), instance(2, 2, square(5, 5, 15, 15))
     mask = M.paint_class_mask(20, 20, [a, b], overlap="ignore")
     assert mask[7, 7] == M.IGNORE_INDEX and mask[2, 2] == 1 and mask[12, 12] == 2
-
-
-def torchvision_rule(h, w, anns, category_index):
-    """torchvision references/segmentation/coco_utils.py (FilterAndRemapCocoCategories +
-    ConvertCocoPolysToMask), written out in NumPy."""
-    anns = [a for a in anns if a["category_id"] in category_index]
-    if not anns:
-        return np.zeros((h, w), np.uint8)
-    masks = []
-    for a in anns:
-        decoded = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w))
-        if decoded.ndim < 3:
-            decoded = decoded[..., None]
-        masks.append(decoded.any(axis=2))
-    masks = np.stack(masks).astype(np.uint8)
-    cats = np.array([category_index[a["category_id"]] for a in anns], np.uint8)
-    target = (masks * cats[:, None, None]).max(axis=0)
-    target[masks.sum(0) > 1] = 255
-    return target
 
 
 def test_torchvision_compatible_mode_on_random_scenes():

@@ -9,8 +9,7 @@ from PIL import Image
 from pipelines import masks_to_tfrecord
 from pipelines.images import ImageError
 from segmodel import features as F
-from tests.helpers import read_records
-from tests.test_coco_to_tfrecord import dataflow_args, staged_pipeline_transforms
+from tests.helpers import dataflow_args, read_records, staged_pipeline_transforms
 
 COLORS = {"classes": ["not_road", "road"],
           "colors": [{"color": [255, 0, 255], "index": 1}, {"color": [255, 0, 0], "index": 0},

@@ -15,10 +15,13 @@ def tensorflow_example(image, fmt, height, width, filename, source_id, mask):
     def i(value):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
+    # The key strings as TF Model Garden spells them (official/vision/dataloaders/
+    # tf_example_decoder.py and segmentation_input.py), literally: not the code's own constants.
     return tf.train.Example(features=tf.train.Features(feature={
-        R.IMAGE_ENCODED: b(image), R.IMAGE_FORMAT: b(fmt.encode()), R.IMAGE_HEIGHT: i(height),
-        R.IMAGE_WIDTH: i(width), R.IMAGE_FILENAME: b(filename.encode()), R.IMAGE_SOURCE_ID: b(source_id.encode()),
-        R.MASK_ENCODED: b(mask), R.MASK_FORMAT: b(b"png")})).SerializeToString(deterministic=True)
+        "image/encoded": b(image), "image/format": b(fmt.encode()), "image/height": i(height),
+        "image/width": i(width), "image/filename": b(filename.encode()), "image/source_id": b(source_id.encode()),
+        "image/segmentation/class/encoded": b(mask),
+        "image/segmentation/class/format": b(b"png")})).SerializeToString(deterministic=True)
 
 
 def test_build_example_is_byte_identical_to_tensorflow():
@@ -31,8 +34,18 @@ def test_build_example_is_byte_identical_to_tensorflow():
         ours = R.build_example(*case)
         assert ours == tensorflow_example(*case), case[1:4]
         parsed = tf.train.Example.FromString(ours).features.feature
-        assert parsed[R.IMAGE_HEIGHT].int64_list.value[0] == case[2]
-        assert parsed[R.IMAGE_ENCODED].bytes_list.value[0] == case[0]
+        assert parsed["image/height"].int64_list.value[0] == case[2]
+        assert parsed["image/encoded"].bytes_list.value[0] == case[0]
+        assert parsed["image/segmentation/class/encoded"].bytes_list.value[0] == case[6]
+
+
+def test_tfrecord_framing_is_byte_identical_to_tensorflows_writer(tmp_path):
+    rng = np.random.default_rng(1)
+    payloads = [b"", b"x", rng.bytes(1000), rng.bytes(3 << 20)]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for payload in payloads:
+            writer.write(payload)
+    assert b"".join(R.frame_record(p) for p in payloads) == (tmp_path / "tf.tfrecord").read_bytes()
 
 
 def test_dataset_modules_do_not_import_tensorflow():

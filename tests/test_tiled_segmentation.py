@@ -18,6 +18,8 @@ from segmodel import tiling
 from segmodel.exported import load_exported
 from segmodel.predict import TiledSegmenter
 
+pytestmark = pytest.mark.slow  # trains, or uses the trained model (1-2 minutes)
+
 TILE = 128  # the tiny model's training crop
 
 

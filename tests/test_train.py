@@ -1,7 +1,6 @@
 """Training and evaluation end to end on generated demo scenes (tiny configuration, CPU)."""
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,8 @@ import pytest
 
 from segmodel import evaluate, train
 from segmodel.config import PRESETS, TrainConfig
+
+pytestmark = pytest.mark.slow  # trains, or uses the trained model (1-2 minutes)
 
 
 def test_short_training_run_learns(trained_model, demo_dataset, tmp_path):
@@ -57,11 +58,58 @@ def test_training_resumes_from_the_last_checkpoint(demo_dataset, tmp_path):
     assert model(np.zeros((1, 50, 70, 3), np.uint8)).shape == (1, 50, 70, 4)
 
 
-def test_max_steps_budget(demo_dataset, tmp_path):
+def test_a_resumed_run_keeps_the_best_epoch_from_before_the_kill(demo_dataset, tmp_path):
+    """Killed after epoch 2, resumed with weights scrambled before every later epoch (so every
+    later epoch is worse): the exported model is still the pre-kill best, and the optimizer's
+    step count (and with it the learning-rate schedule) continues where it stopped."""
+    config = TrainConfig(**{**PRESETS["tiny"], "epochs": 4, "steps_per_epoch": 3, "image_size": 64})
+    data, val = str(demo_dataset / "train-*.tfrecord"), str(demo_dataset / "val-*.tfrecord")
+
+    class KillAfterEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Interrupt()
+
+    class Scramble(keras.callbacks.Callback):
+        steps_at_start = None
+
+        def on_train_begin(self, logs=None):
+            Scramble.steps_at_start = int(self.model.optimizer.iterations.numpy())
+
+        def on_epoch_begin(self, epoch, logs=None):
+            # Each weight tensor's values shuffled: the same (finite) ranges, the learned function gone.
+            rng = np.random.default_rng(epoch)
+            self.model.set_weights([rng.permutation(w.ravel()).reshape(w.shape) for w in self.model.get_weights()])
+
+    with pytest.raises(Interrupt):
+        train.train(data, str(tmp_path), config, val_data=val, extra_callbacks=[KillAfterEpoch()], progress=0)
+    before = [float(r["val_mean_iou"]) for r in csv.DictReader((tmp_path / "history.csv").open())]
+    train.train(data, str(tmp_path), config, val_data=val, extra_callbacks=[Scramble()], progress=0)
+    after = [float(r["val_mean_iou"]) for r in csv.DictReader((tmp_path / "history.csv").open())][len(before):]
+    assert len(before) == 2 and len(after) == 2 and max(after) < max(before) and np.isfinite(after).all()
+    assert Scramble.steps_at_start == 2 * config.steps_per_epoch
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert evaluate.evaluate(model, val)["mean_iou"] == pytest.approx(max(before), abs=2e-3)
+
+
+def test_max_steps_budget_counts_optimizer_steps_across_a_resume(demo_dataset, tmp_path):
     config = TrainConfig(**{**PRESETS["tiny"], "epochs": 3, "steps_per_epoch": 4, "max_steps": 6,
                             "image_size": 64})
-    history = train.train(str(demo_dataset / "train-*.tfrecord"), str(tmp_path), config)
-    assert len(history["loss"]) == 2  # stopped inside the second epoch at step 6
+    data = str(demo_dataset / "train-*.tfrecord")
+
+    class KillAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise Interrupt()
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            Steps.final = int(self.model.optimizer.iterations.numpy())
+
+    with pytest.raises(Interrupt):
+        train.train(data, str(tmp_path), config, extra_callbacks=[KillAfterFirstEpoch()], progress=0)
+    history = train.train(data, str(tmp_path), config, extra_callbacks=[Steps()], progress=0)
+    assert Steps.final == 6  # 4 before the kill, 2 after: the budget spans the resume
+    assert len(history["loss"]) == 1
 
 
 def test_presets_and_flags():
@@ -84,7 +132,7 @@ def test_deterministic_training_repeats_exactly(demo_dataset, tmp_path):
         losses, weights = [], []
         for run in ("a", "b"):
             model_dir = {str(tmp_path)!r} + "/" + run
-            history = train.main(["--train_data", {str(demo_dataset / "train-*.tfrecord")!r}, "--model_dir", model_dir,
+            history = train.main(["--progress", "0", "--train_data", {str(demo_dataset / "train-*.tfrecord")!r}, "--model_dir", model_dir,
                                   "--config", "tiny", "--epochs", "2", "--steps_per_epoch", "3",
                                   "--image_size", "64", "--deterministic", "true"])
             losses.append(history["loss"])
@@ -93,7 +141,7 @@ def test_deterministic_training_repeats_exactly(demo_dataset, tmp_path):
         print("RESULT " + json.dumps({{"losses": losses, "same_weights": bool(same)}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SEGPIPE_VERBOSE": "0"}, cwd=Path(__file__).parent.parent)
+                          cwd=Path(__file__).parent.parent)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])

@@ -1,8 +1,7 @@
 """The dataset pipelines' shared pieces that are not covered through a whole pipeline."""
 import threading
-import time
 
-from pipelines import transforms
+from pipelines import storage
 
 
 def test_read_ahead_keeps_order_reports_errors_and_bounds_reads_in_flight(tmp_path, monkeypatch):
@@ -12,36 +11,39 @@ def test_read_ahead_keeps_order_reports_errors_and_bounds_reads_in_flight(tmp_pa
         paths.append(str(tmp_path / f"{i}.bin"))
     paths.insert(5, str(tmp_path / "missing.bin"))
     active, peak, lock = 0, 0, threading.Lock()
-    read_file = transforms.read_file
+    window_full = threading.Event()  # no sleeps: each read waits until the window has filled once
+    read_file = storage.read_file
 
     def slow_read(path):
         nonlocal active, peak
         with lock:
             active += 1
             peak = max(peak, active)
-        time.sleep(0.005)
+            if active == 4:
+                window_full.set()
+        window_full.wait(timeout=10)
         try:
             return read_file(path)
         finally:
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(transforms, "read_file", slow_read)
-    results = list(transforms.ReadAhead(in_flight=4).read(paths))
+    monkeypatch.setattr(storage, "read_file", slow_read)
+    results = list(storage.ReadAhead(in_flight=4).read(paths))
     missing = results.pop(5)
     assert missing[0] is None and isinstance(missing[1], OSError)
     assert [data for data, _ in results] == [bytes([i]) * (i + 1) for i in range(40)]
     assert all(error is None for _, error in results)
-    assert 2 <= peak <= 4  # reads overlap, and no more than the reader's window
+    assert peak == 4  # the window fills (reads overlap), and never overflows
 
 
 def test_readers_share_one_bounded_pool_per_process(tmp_path):
     """Every DoFn instance in a worker process reads on the same pool (a Dataflow harness runs
     many bundles at once; a pool per instance would be hundreds of threads)."""
     (tmp_path / "x").write_bytes(b"x")
-    readers = [transforms.ReadAhead() for _ in range(8)]
+    readers = [storage.ReadAhead() for _ in range(8)]
     for reader in readers:
         assert list(reader.read([str(tmp_path / "x")] * 20)) == [(b"x", None)] * 20
-    assert transforms.shared_read_pool() is transforms.shared_read_pool()
+    assert storage.shared_read_pool() is storage.shared_read_pool()
     threads = [t for t in threading.enumerate() if t.name.startswith("read-ahead")]
-    assert 0 < len(threads) <= transforms.READ_THREADS
+    assert 0 < len(threads) <= storage.READ_THREADS

@@ -1,137 +1,24 @@
-"""What the Beam jobs share: pipeline creation, dead letters, counters, atomic writes and the
-sharded segmentation-dataset writer."""
+"""The dataset side of the conversion jobs: the base DoFn that converts files read ahead, the
+record references that go through the shard shuffle, the shard writer, stats.json and friends."""
 from __future__ import annotations
 
 import collections
-import itertools
 import json
-import logging
 import math
-import os
-import threading
-import time
 import typing
-import uuid
 import zlib
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-LOG = logging.getLogger(__name__)
-NAMESPACE = "segpipe"
-ERRORS = "errors"
-STATS = "stats"
+from pipelines.runner import ERRORS, STATS, Progress, count, error_record
+from pipelines.storage import ReadAhead, commit_temp, temp_name, write_json
+from segformat.masks import IGNORE_INDEX
+
 # ~128 MB per shard: large enough that GCS and tf.data read efficiently (the TFRecord guide
 # suggests 100-200 MB), small enough for many shards to spread over Dataflow workers and
 # tf.data's parallel interleave.
 DEFAULT_SHARD_BYTES = 128 * 1024 * 1024
-
-
-def make_pipeline(beam_args, test_pipeline=None, save_main_session=True) -> beam.Pipeline:
-    """A Pipeline from the flags the entry point did not know.
-
-    With no ``--runner`` (or ``--runner DirectRunner``) this runs Beam's in-process FnApiRunner
-    directly: the stock DirectRunner first tries to download the Prism runner binary from
-    GitHub, which on an offline machine costs a failed request and an error in the log. The
-    FnApiRunner honours ``--direct_num_workers`` and ``--direct_running_mode``.
-    """
-    if test_pipeline is not None:
-        return test_pipeline
-    options = PipelineOptions(beam_args)
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    runner = options.view_as(StandardOptions).runner
-    if runner in (None, "DirectRunner", "direct", "FnApiRunner"):
-        from apache_beam.runners.portability.fn_api_runner import fn_runner
-        return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
-
-
-def error_record(source: str, reason: str, detail: str = "", **extra) -> dict:
-    record = {"source": source, "reason": reason}
-    if detail:
-        record["detail"] = detail
-    record.update(extra)
-    return record
-
-
-def count(name: str, value: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(value)
-
-
-class Progress:
-    """Logs a line every ``every_s`` seconds of work in a worker: how many items it has done and
-    at what rate (the job-wide totals are the Beam counters, shown by Dataflow's UI and in the
-    summary line each job prints at the end)."""
-
-    def __init__(self, what: str, every_s: float = 30.0):
-        self.what, self.every_s = what, every_s
-        self.done, self.started, self.last = 0, None, None
-
-    def tick(self, n: int = 1) -> None:
-        now = time.monotonic()
-        if self.started is None:
-            self.started = self.last = now
-        self.done += n
-        if now - self.last >= self.every_s:
-            self.last = now
-            LOG.info("%s: %d done in this worker (%.1f/s)", self.what, self.done,
-                     self.done / max(now - self.started, 1e-9))
-
-
-# Files read at once per worker. Reads release the GIL: locally they overlap with the CPU work
-# of the other images (a cold page cache costs ~1 ms per COCO JPEG), on GCS with its ~30 ms
-# per-object latency they are what keeps a worker busy.
-READ_AHEAD = 16
-
-
-def read_file(path: str):
-    """(bytes, None), or (None, the exception) when the file cannot be read."""
-    try:
-        with FileSystems.open(path) as handle:
-            return handle.read(), None
-    except Exception as e:  # missing, permission, transient storage error after the client's retries
-        return None, e
-
-
-# Reading threads per worker process, shared by all its DoFn instances: a Dataflow SDK harness
-# runs a dozen or more bundles at once, and a pool per instance would mean hundreds of threads.
-READ_THREADS = 32
-_read_pool = (None, None)  # (pid, executor)
-_read_pool_lock = threading.Lock()
-
-
-def shared_read_pool():
-    """This process's reading thread pool (made on first use, and again after a fork: a forked
-    child does not inherit the parent's threads)."""
-    global _read_pool
-    with _read_pool_lock:
-        pid, pool = _read_pool
-        if pool is None or pid != os.getpid():
-            import concurrent.futures
-            pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-ahead")
-            _read_pool = (os.getpid(), pool)
-        return pool
-
-
-class ReadAhead:
-    """Reads files on the process's shared thread pool, in the order asked, keeping at most
-    ``in_flight`` reads of this reader pending."""
-
-    def __init__(self, in_flight: int = READ_AHEAD):
-        self.in_flight = in_flight
-
-    def read(self, paths):
-        """Yields read_file(path) for each path, in order."""
-        pool = shared_read_pool()
-        paths = iter(paths)
-        pending = collections.deque(pool.submit(read_file, path) for path in itertools.islice(paths, self.in_flight))
-        while pending:
-            result = pending.popleft().result()
-            for path in itertools.islice(paths, 1):
-                pending.append(pool.submit(read_file, path))
-            yield result
 
 
 def reject_image(source: str, reason: str, detail: str = "", **extra):
@@ -173,29 +60,6 @@ def pixel_stats(class_counts) -> dict:
     return {f"pixels/{value}": int(pixels) for value, pixels in enumerate(class_counts) if pixels}
 
 
-def temp_name(path: str) -> str:
-    """A unique sibling of ``path`` to write before ``commit_temp`` moves it into place."""
-    return f"{path}.tmp-{uuid.uuid4().hex}"
-
-
-def commit_temp(temp: str, path: str) -> None:
-    """Moves a fully written temporary file over ``path`` (replacing it): no reader sees half a file."""
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temp], [path])
-
-
-def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    temp = temp_name(path)
-    with FileSystems.create(temp, mime_type=mime_type) as handle:
-        handle.write(data)
-    commit_temp(temp, path)
-
-
-def write_json(path: str, obj) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), "application/json")
-
-
 class SumCountersFn(beam.CombineFn):
     """Sums flat {name: int} dicts: the per-image statistics deltas."""
 
@@ -226,7 +90,7 @@ def stats_document(counters: dict, class_names, extra=None) -> dict:
     per_class = {}
     for index_str, value in sorted(pixels.items(), key=lambda kv: int(kv[0])):
         index = int(index_str)
-        name = "ignore" if index == 255 else (class_names[index] if index < len(class_names) else f"class_{index}")
+        name = "ignore" if index == IGNORE_INDEX else (class_names[index] if index < len(class_names) else f"class_{index}")
         per_class[name] = value
     doc = {
         "images_written": counters.get("images_written", 0),
@@ -284,8 +148,7 @@ class WriteShardFn(beam.DoFn):
         self.reader = ReadAhead()
 
     def process(self, element):
-        from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's TFRecord framing (crc32c)
-        from segformat.records import build_example
+        from segformat.records import build_example, frame_record
         (split, index, total), refs = element
         path = FileSystems.join(self.output_dir, shard_name(split, index, total))
         temp = temp_name(path)
@@ -300,8 +163,8 @@ class WriteShardFn(beam.DoFn):
                     count("images_rejected/changed_during_job")
                     yield beam.pvalue.TaggedOutput(ERRORS, error_record(ref.path, "changed_during_job", detail))
                     continue
-                _TFRecordUtil.write_record(handle, build_example(
-                    data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png))
+                handle.write(frame_record(build_example(
+                    data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png)))
         commit_temp(temp, path)
         count("shards_written")
         yield path
@@ -375,26 +238,3 @@ class WriteSegmentationDataset(beam.PTransform):
                      stats_document(counters, [c["name"] for c in classes_doc["classes"]])),
                  beam.pvalue.AsSingleton(classes)))
         return shards.shards
-
-
-def run_and_summarize(p: beam.Pipeline, job: str, started: float):
-    """Runs the pipeline to the end and prints the job's one-line summary; returns the result."""
-    result = p.run()
-    result.wait_until_finish()
-    log_summary(job, result, started)
-    return result
-
-
-def log_summary(job: str, result, started: float) -> dict:
-    """Logs one line: the job's counters and elapsed time; returns the counters."""
-    counters = {}
-    try:
-        for c in result.metrics().query()["counters"]:
-            if c.key.metric.namespace == NAMESPACE:
-                counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
-    except Exception:  # some runners (a dry run) have no metrics
-        pass
-    summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-    LOG.info("%s finished in %.1fs: %s", job, time.time() - started, summary or "no counters")
-    print(f"{job}: {summary or 'no counters'} ({time.time() - started:.1f}s)")
-    return counters

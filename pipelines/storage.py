@@ -1,0 +1,97 @@
+"""Reading and writing files on any Beam filesystem (local, gs://): reads ahead on a shared
+thread pool, and writes that no reader ever sees half done (a temporary name, then a rename)."""
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import shutil
+import threading
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+# Files read at once per worker. Reads release the GIL: locally they overlap with the CPU work
+# of the other images (a cold page cache costs ~1 ms per COCO JPEG), on GCS with its ~30 ms
+# per-object latency they are what keeps a worker busy.
+READ_AHEAD = 16
+
+
+def read_file(path: str):
+    """(bytes, None), or (None, the exception) when the file cannot be read."""
+    try:
+        with FileSystems.open(path) as handle:
+            return handle.read(), None
+    except Exception as e:  # missing, permission, transient storage error after the client's retries
+        return None, e
+
+
+# Reading threads per worker process, shared by all its DoFn instances: a Dataflow SDK harness
+# runs a dozen or more bundles at once, and a pool per instance would mean hundreds of threads.
+READ_THREADS = 32
+_read_pool = (None, None)  # (pid, executor)
+_read_pool_lock = threading.Lock()
+
+
+def shared_read_pool():
+    """This process's reading thread pool (made on first use, and again after a fork: a forked
+    child does not inherit the parent's threads)."""
+    global _read_pool
+    with _read_pool_lock:
+        pid, pool = _read_pool
+        if pool is None or pid != os.getpid():
+            import concurrent.futures
+            pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read-ahead")
+            _read_pool = (os.getpid(), pool)
+        return pool
+
+
+class ReadAhead:
+    """Reads files on the process's shared thread pool, in the order asked, keeping at most
+    ``in_flight`` reads of this reader pending."""
+
+    def __init__(self, in_flight: int = READ_AHEAD):
+        self.in_flight = in_flight
+
+    def read(self, paths):
+        """Yields read_file(path) for each path, in order."""
+        pool = shared_read_pool()
+        paths = iter(paths)
+        pending = collections.deque(pool.submit(read_file, path) for path in itertools.islice(paths, self.in_flight))
+        while pending:
+            result = pending.popleft().result()
+            for path in itertools.islice(paths, 1):
+                pending.append(pool.submit(read_file, path))
+            yield result
+
+
+def temp_name(path: str) -> str:
+    """A unique sibling of ``path`` to write before ``commit_temp`` moves it into place."""
+    return f"{path}.tmp-{uuid.uuid4().hex}"
+
+
+def commit_temp(temp: str, path: str) -> None:
+    """Moves a fully written temporary file over ``path`` (replacing it): no reader sees half a file."""
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temp], [path])
+
+
+def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    temp = temp_name(path)
+    with FileSystems.create(temp, mime_type=mime_type) as handle:
+        handle.write(data)
+    commit_temp(temp, path)
+
+
+def write_json(path: str, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), "application/json")
+
+
+def upload_atomic(local: str, path: str, mime_type: str = "application/octet-stream") -> None:
+    """Copies a finished local file to ``path`` (any filesystem) atomically."""
+    temp = temp_name(path)
+    with open(local, "rb") as src, FileSystems.create(temp, mime_type=mime_type) as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
+    commit_temp(temp, path)
