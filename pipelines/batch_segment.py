@@ -129,12 +129,8 @@ class RouteOutcomesFn(beam.DoFn):
         self.progress.tick()
         if not chunk.whole:
             yield beam.pvalue.TaggedOutput(PARTS, (chunk.rel, dict(outcome, chunk=chunk)))
-        elif "error" in outcome:
-            count(f"images_rejected/{outcome['error']['reason']}")
-            yield beam.pvalue.TaggedOutput(ERRORS, outcome["error"])
         else:
-            count("images_segmented")
-            yield outcome["record"]
+            yield from finished(outcome)
 
 
 class MergePartsFn(beam.DoFn):
@@ -145,13 +141,17 @@ class MergePartsFn(beam.DoFn):
 
     def process(self, element):
         rel, outcomes = element
-        merged = outputs.merge_parts(self.config.spec, rel, list(outcomes))
-        if "error" in merged:
-            count(f"images_rejected/{merged['error']['reason']}")
-            yield beam.pvalue.TaggedOutput(ERRORS, merged["error"])
-        else:
-            count("images_segmented")
-            yield merged["record"]
+        yield from finished(outputs.merge_parts(self.config.spec, rel, list(outcomes)))
+
+
+def finished(outcome: dict):
+    """A finished input's outcome -> its record (main output) or its error record, counted."""
+    if "error" in outcome:
+        count(f"images_rejected/{outcome['error']['reason']}")
+        yield beam.pvalue.TaggedOutput(ERRORS, outcome["error"])
+    else:
+        count("images_segmented")
+        yield outcome["record"]
 
 
 def segment_handler(config: SegmentConfig) -> ChunkModelHandler:

@@ -28,7 +28,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
-import math
 
 import numpy as np
 
@@ -120,7 +119,7 @@ class TiledSegmenter:
         is not valid), ``stats`` {"pixels", "confidence", "entropy"} over the valid pixels;
         ``error`` the exception that stopped this job (the others go on)."""
         on_done = on_done or (lambda job, mask, stats, error: (mask, stats, error))
-        finished = []
+        finished = {}  # job index -> future of on_done's result (jobs of other shapes finish out of order)
         blenders = {}
         queues = collections.defaultdict(list)  # tile shape -> [(job index, row, pixels)]
 
@@ -142,11 +141,11 @@ class TiledSegmenter:
         def finish(index):
             blender = blenders.pop(index)
             job = blender.job
-            finished.append(self._post.submit(self._finish, on_done, job, blender))
+            finished[index] = self._post.submit(self._finish, on_done, job, blender)
 
         for index, job, geometry, rows, error in self._read_ahead(jobs):
             if error is not None:
-                finished.append(self._post.submit(self._finish, on_done, job, None, error))
+                finished[index] = self._post.submit(self._finish, on_done, job, None, error)
                 continue
             shape = (geometry.tile_height, geometry.tile_width)
             blenders[index] = _RowBlender(job, geometry, self.num_classes, self.overlap, self._tile_weights(*shape))
@@ -164,7 +163,7 @@ class TiledSegmenter:
         for shape in list(queues):
             while queues[shape]:
                 run_model(shape, self.batch_size)
-        return [future.result() for future in finished]
+        return [finished[index].result() for index in range(len(finished))]
 
     @staticmethod
     def _finish(on_done, job, blender, error=None):
@@ -393,9 +392,3 @@ def expected_tiles(height: int, width: int, tile: int, overlap: int, core=None) 
     """How many model tiles a job runs (for batching jobs by work, not by count)."""
     g = Geometry.of(height, width, tile, overlap, core)
     return len(g.rows) * len(g.cols)
-
-
-def rough_tiles(height: int, width: int, tile: int, overlap: int) -> int:
-    """An estimate for an image whose size is not read yet (a photo before it is decoded)."""
-    stride = max(1, tile - overlap)
-    return max(1, math.ceil(max(height - overlap, 1) / stride)) * max(1, math.ceil(max(width - overlap, 1) / stride))
