@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
 from pipelines.dataset_writer import (DEFAULT_SHARD_BYTES, ConvertFilesFn, RecordRef, WriteSegmentationDataset,
-                                      pixel_stats, reject_image)
+                                      pixel_stats, prepare_output_dir, reject_image)
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
 from pipelines.storage import READ_AHEAD
 from segformat import masks as mask_lib
@@ -242,7 +242,7 @@ class CocoExampleFn(ConvertFilesFn):
 
 
 def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output_dir: str,
-                   num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES):
+                   num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, description=None):
     parsed = (p
               # One element per section: the three streaming passes over the file run on
               # different workers at once (the annotations pass is the long one).
@@ -262,7 +262,7 @@ def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output
     stats = (parsed[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()
     return {"records": converted.records, "errors": errors, "stats": stats,
             "classes": tables | "ClassesJson" >> beam.Map(lambda t: t.to_json())} | WriteSegmentationDataset(
-        output_dir, num_shards, shard_bytes)
+        output_dir, num_shards, shard_bytes, description)
 
 
 def parse_classes(value: str):
@@ -290,6 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", choices=mask_lib.OVERLAP_MODES, default="smaller_on_top")
     parser.add_argument("--max_image_pixels", type=int, default=image_checks.DEFAULT_MAX_PIXELS,
                         help="larger images are rejected as decompression bombs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset already in --output_dir (as a whole, once the new one is complete)")
     return parser
 
 
@@ -301,9 +303,12 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
     config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
                         val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
+    prepare_output_dir(known.output_dir, known.overwrite)
+    description = {"command": "segpipe dataset coco", "options": vars(known)}
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
-    build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards)
+    build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards,
+                   description=description)
     return run_and_summarize(p, "coco_to_tfrecord", started, require=("images_written",))
 
 

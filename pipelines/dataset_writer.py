@@ -138,22 +138,26 @@ def shard_name(split: str, index: int, total: int) -> str:
 
 
 class WriteShardFn(beam.DoFn):
-    """Writes one shard ((split, index, total), [(source_id, RecordRef), ...]) atomically,
-    reading each image's bytes and checking them against the CRC taken when it was validated."""
+    """Writes one shard ((split, index, total), [(source_id, RecordRef), ...]) atomically into
+    the staging folder, reading each image's bytes and checking them against the CRC taken when it
+    was validated; yields the shard's manifest entry (file, split, examples, bytes, crc32c)."""
 
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
+    def __init__(self, staging_dir: str):
+        self.output_dir = staging_dir
 
     def setup(self):
         self.reader = ReadAhead()
 
     def process(self, element):
+        import google_crc32c
+
         from segformat.records import build_example, frame_record
         (split, index, total), refs = element
         path = FileSystems.join(self.output_dir, shard_name(split, index, total))
         temp = temp_name(path)
         # Sorted by source id: the same inputs give byte-identical shards on every run.
         refs = [ref for _, ref in sorted((r for r in refs if r is not None), key=lambda r: r[0])]
+        checksum, size, examples = google_crc32c.Checksum(), 0, 0
         with FileSystems.create(temp) as handle:
             for ref, (data, error) in zip(refs, self.reader.read(ref.path for ref in refs)):
                 detail = "the file changed between validation and writing"
@@ -163,11 +167,16 @@ class WriteShardFn(beam.DoFn):
                     count("images_rejected/changed_during_job")
                     yield beam.pvalue.TaggedOutput(ERRORS, error_record(ref.path, "changed_during_job", detail))
                     continue
-                handle.write(frame_record(build_example(
-                    data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png)))
+                framed = frame_record(build_example(
+                    data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png))
+                handle.write(framed)
+                checksum.update(framed)
+                size += len(framed)
+                examples += 1
         commit_temp(temp, path)
         count("shards_written")
-        yield path
+        yield {"file": shard_name(split, index, total), "split": split, "examples": examples, "bytes": size,
+               "crc32c": checksum.hexdigest().decode()}
 
 
 def _shard_count(total_bytes: int, num_shards: int, shard_bytes: int) -> int:
@@ -189,6 +198,59 @@ def _all_shard_keys(split_total):
     return [((split, i, total), None) for i in range(total)]
 
 
+MANIFEST = "dataset.json"
+STAGING = ".staging"
+MANIFEST_FORMAT = "segpipe-dataset/1"
+
+
+def dataset_files(output_dir: str) -> list:
+    """What in ``output_dir`` belongs to a dataset (shards, partial shards, the manifest)."""
+    patterns = ("*.tfrecord", "*.tfrecord.tmp-*", MANIFEST)
+    found = []
+    for pattern in patterns:
+        for match in FileSystems.match([FileSystems.join(output_dir, pattern)])[0].metadata_list:
+            found.append(match.path)
+    return sorted(found)
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuses a folder that already holds a dataset unless ``overwrite`` (the new dataset then
+    replaces it as a whole when it is complete); clears a killed run's staging folder."""
+    existing = dataset_files(output_dir)
+    if existing and not overwrite:
+        shown = ", ".join(p.rsplit("/", 1)[-1] for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+        raise SystemExit(f"{output_dir} already holds a dataset ({shown}); pass --overwrite to replace it "
+                         "as a whole, or choose another --output_dir")
+    staging = FileSystems.join(output_dir, STAGING)
+    leftovers = [m.path for m in FileSystems.match([FileSystems.join(staging, "*")])[0].metadata_list]
+    if leftovers:
+        FileSystems.delete(leftovers)
+
+
+def commit_dataset(_, shards, side_files, output_dir: str, description: dict) -> None:
+    """Makes the staged dataset visible as a whole: the old manifest goes first (no reader
+    trusts the folder during the swap), then every shard not in the new set, then the new
+    shards move in, and the new manifest, written last, says the dataset is complete."""
+    del side_files  # a side input only so that this runs after errors.jsonl, stats.json, classes.json
+    manifest_path = FileSystems.join(output_dir, MANIFEST)
+    if FileSystems.exists(manifest_path):
+        FileSystems.delete([manifest_path])
+    names = {shard["file"] for shard in shards}
+    stale = [p for p in dataset_files(output_dir) if p.rsplit("/", 1)[-1] not in names]
+    if stale:
+        FileSystems.delete(stale)
+    staged = [FileSystems.join(output_dir, STAGING, name) for name in sorted(names)]
+    final = [FileSystems.join(output_dir, name) for name in sorted(names)]
+    for source, target in zip(staged, final):
+        commit_temp(source, target)
+    splits = {}
+    for shard in sorted(shards, key=lambda s: s["file"]):
+        entry = splits.setdefault(shard["split"], {"examples": 0, "shards": []})
+        entry["examples"] += shard["examples"]
+        entry["shards"].append({k: shard[k] for k in ("file", "examples", "bytes", "crc32c")})
+    write_json(manifest_path, dict(description, format=MANIFEST_FORMAT, splits=splits))
+
+
 class WriteSegmentationDataset(beam.PTransform):
     """Writes the dataset side of a conversion job.
 
@@ -198,14 +260,19 @@ class WriteSegmentationDataset(beam.PTransform):
       ``stats``: flat counter dicts, summed into stats.json;
       ``classes``: a single classes.json document.
     Writes ``<split>-SSSSS-of-NNNNN.tfrecord`` shards of about ``shard_bytes`` each (or exactly
-    ``num_shards`` per split), ``errors.jsonl``, ``stats.json`` and ``classes.json``.
+    ``num_shards`` per split) into ``OUT/.staging``, ``errors.jsonl``, ``stats.json`` and
+    ``classes.json``; then moves the shards into ``OUT``, removes any other shard there and writes
+    ``dataset.json`` (docs/datasets.md), the manifest training reads. ``description``: what the
+    manifest says about how the dataset was made (the command, its options).
     """
 
-    def __init__(self, output_dir: str, num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES):
+    def __init__(self, output_dir: str, num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 description: dict | None = None):
         super().__init__()
         self.output_dir = output_dir
         self.num_shards = num_shards
         self.shard_bytes = shard_bytes
+        self.description = description or {}
 
     def expand(self, inputs):
         records, errors, stats, classes = inputs["records"], inputs["errors"], inputs["stats"], inputs["classes"]
@@ -222,19 +289,29 @@ class WriteSegmentationDataset(beam.PTransform):
         empty = shard_counts | "AllShardKeys" >> beam.FlatMap(_all_shard_keys)
         shards = ((keyed, empty) | "WithEmptyShards" >> beam.Flatten()
                   | "GroupShards" >> beam.GroupByKey()
-                  | "WriteShards" >> beam.ParDo(WriteShardFn(out)).with_outputs(ERRORS, main="shards"))
+                  | "WriteShards" >> beam.ParDo(WriteShardFn(FileSystems.join(out, STAGING))).with_outputs(
+                      ERRORS, main="shards"))
 
-        _ = ((errors, shards[ERRORS]) | "WithWriteErrors" >> beam.Flatten()
-             | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
-             | "WriteErrors" >> beam.io.WriteToText(FileSystems.join(out, "errors"), file_name_suffix=".jsonl",
-                                                   num_shards=1, shard_name_template=""))
+        errors_written = ((errors, shards[ERRORS]) | "WithWriteErrors" >> beam.Flatten()
+                          | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
+                          | "WriteErrors" >> beam.io.WriteToText(FileSystems.join(out, "errors"),
+                                                                file_name_suffix=".jsonl", num_shards=1,
+                                                                shard_name_template=""))
         totals = stats | "SumStats" >> beam.CombineGlobally(SumCountersFn())
-        _ = (classes
-             | "WriteClasses" >> beam.Map(lambda doc: write_json(FileSystems.join(out, "classes.json"), doc)))
-        _ = (totals
-             | "WriteStats" >> beam.Map(
-                 lambda counters, classes_doc: write_json(
-                     FileSystems.join(out, "stats.json"),
-                     stats_document(counters, [c["name"] for c in classes_doc["classes"]])),
+        classes_written = classes | "WriteClasses" >> beam.Map(
+            lambda doc: write_json(FileSystems.join(out, "classes.json"), doc) or "classes.json")
+        stats_written = totals | "WriteStats" >> beam.Map(
+            lambda counters, classes_doc: write_json(
+                FileSystems.join(out, "stats.json"),
+                stats_document(counters, [c["name"] for c in classes_doc["classes"]])) or "stats.json",
+            beam.pvalue.AsSingleton(classes))
+        side_files = ((errors_written, classes_written, stats_written) | "SideFiles" >> beam.Flatten())
+        description = self.description
+        _ = (records.pipeline
+             | "CommitTrigger" >> beam.Create([None])
+             | "CommitDataset" >> beam.Map(
+                 lambda trigger, shard_list, side, classes_doc: commit_dataset(
+                     trigger, shard_list, side, out, dict(description, classes=classes_doc["classes"])),
+                 beam.pvalue.AsList(shards.shards), beam.pvalue.AsList(side_files),
                  beam.pvalue.AsSingleton(classes)))
         return shards.shards

@@ -53,7 +53,7 @@ def run_demo(output_dir: str, config: DemoConfig) -> dict:
 
     _stage("2/6 dataset: coco_to_tfrecord")
     coco_to_tfrecord.run(["--annotations", annotations, "--images", f"{world}/images", "--output_dir",
-                          f"{out}/dataset", "--val_fraction", str(config.val_fraction)])
+                          f"{out}/dataset", "--val_fraction", str(config.val_fraction), "--overwrite"])
 
     _stage("3/6 training (tiny FCN-8s on the CPU)")
     history = train.main(["--progress", "2", "--train_data", f"{out}/dataset/train-*.tfrecord", "--val_data",

@@ -32,7 +32,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
-from pipelines.dataset_writer import ConvertFilesFn, RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
+from pipelines.dataset_writer import (ConvertFilesFn, RecordRef, WriteSegmentationDataset, pixel_stats,
+                                      prepare_output_dir, reject_image)
 from pipelines.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
 from pipelines.storage import READ_AHEAD
 from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
@@ -186,7 +187,7 @@ class PairExampleFn(ConvertFilesFn):
 
 
 def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, split="train", num_shards=0,
-                   image_key_regex=r"^(?P<key>.+)$", mask_key_regex=r"^(?P<key>.+)$"):
+                   image_key_regex=r"^(?P<key>.+)$", mask_key_regex=r"^(?P<key>.+)$", description=None):
     def keyed(kind, glob, regex):
         return (p
                 | f"Match{kind.title()}s" >> fileio.MatchFiles(glob)
@@ -204,7 +205,7 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
     stats = (images[STATS], masks[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()
     classes = p | "Classes" >> beam.Create([color_map.classes_json()])
     return ({"records": converted.records, "errors": errors, "stats": stats, "classes": classes}
-            | WriteSegmentationDataset(output_dir, num_shards))
+            | WriteSegmentationDataset(output_dir, num_shards, description=description))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -219,6 +220,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_shards", type=int, default=0, help="0 (default): about 128 MB per shard")
     parser.add_argument("--image_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for image stems")
     parser.add_argument("--mask_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for mask stems")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset already in --output_dir (as a whole, once the new one is complete)")
     return parser
 
 
@@ -228,10 +231,12 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         color_map = ColorMap.from_json(json.loads(handle.read()))
     for regex in (known.image_key_regex, known.mask_key_regex):
         re.compile(regex)
+    prepare_output_dir(known.output_dir, known.overwrite)
+    description = {"command": "segpipe dataset masks", "options": vars(known)}
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.images, known.masks, color_map, known.output_dir, known.split, known.num_shards,
-                   known.image_key_regex, known.mask_key_regex)
+                   known.image_key_regex, known.mask_key_regex, description)
     return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",))
 
 

@@ -31,12 +31,12 @@ def predict_classes(model, images) -> np.ndarray:
     return np.argmax(np.asarray(scores), axis=-1)
 
 
-def evaluate(model, data: str, class_names=None) -> dict:
+def evaluate(model, data: str, class_names=None, split: str = "val") -> dict:
     from segmodel import dataset, metrics
     num_classes = len(class_names) if class_names else int(model.outputs[0].shape[-1])
     cm = np.zeros((num_classes, num_classes), np.int64)
     images = 0
-    for image, mask in dataset.evaluation_dataset(data):
+    for image, mask in dataset.evaluation_dataset(data, split):
         cm += metrics.confusion_matrix(mask.numpy()[..., 0], predict_classes(model, image), num_classes)
         images += 1
     result = metrics.scores(cm, class_names)
@@ -48,12 +48,13 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="MODEL dir (or a .keras file)")
-    parser.add_argument("--data", required=True, help="glob of TFRecord shards")
+    parser.add_argument("--data", required=True, help="a dataset folder or a glob of TFRecord shards")
+    parser.add_argument("--split", default="val", help="the split of a dataset folder to score")
     parser.add_argument("--output", default="metrics.json")
     args = parser.parse_args(argv)
     import tensorflow as tf
     model, names = load_model(args.model)
-    result = evaluate(model, args.data, names)
+    result = evaluate(model, args.data, names, args.split)
     with tf.io.gfile.GFile(args.output, "w") as handle:
         json.dump(result, handle, indent=2)
     print(f"mean IoU {result['mean_iou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f} "

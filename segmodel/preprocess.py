@@ -52,16 +52,6 @@ def _nearest_sources(n_in, n_out, first, count):
     return tf.where(position < n_out, source, n_in)
 
 
-def resize_nearest(mask, size):
-    """Nearest-neighbour resize of a label map with two gathers, exactly tf.image.resize's
-    "nearest" and several times faster on uint8 masks (which it takes through float32)."""
-    import tensorflow as tf
-    source = tf.shape(mask)[:2]
-    rows = _nearest_sources(source[0], size[0], 0, size[0])
-    cols = _nearest_sources(source[1], size[1], 0, size[1])
-    return _gather_pixels(mask, rows, cols)
-
-
 def _gather_pixels(mask, rows, cols):
     """mask [H, W, 1] -> mask[rows][:, cols]. Both gathers run on rows of a 2-D label map (the
     columns through a transpose): tf.gather along axis 1 copies one byte per call and is ~4x
@@ -107,34 +97,6 @@ def _colour_jitter(image, strength: float, uniform):
     return tf.tensordot(image, tf.transpose(colour), 1) + offset
 
 
-def random_scale_crop(image, mask, crop_height: int, crop_width: int, min_scale: float, max_scale: float,
-                      flip: bool = True, jitter: float = 0.0, seed=None):
-    """Random scale, random crop, optional horizontal flip, colour jitter and padding, resampling
-    only the region the crop needs: the image bilinearly, the mask with nearest neighbour on the
-    same grid, so the two stay aligned; where the scaled image is smaller than the crop, the image
-    is padded with 0 and the mask with 255 (ignore). At scale 1 the crop copies pixels exactly.
-
-    Costs are kept at the crop's size whatever the scale (scaling a whole 640x480 photo by 2 to
-    keep a 512x512 crop of it would resample four times the pixels):
-    * the source patch under the crop is cut first and converted to float32 before resizing
-      (TensorFlow's bilinear kernel is about twice as fast on float32 input as on uint8);
-    * the colour jitter is linear, and bilinear weights sum to one, so its matrix is applied to
-      the patch before resizing (fewer pixels at scales above 1) and only the clip to 0..255
-      runs on the crop: the result is jittering the crop, except that the contrast's mean level
-      is taken over the source patch;
-    * the mask is gathered straight into the crop with one padding row and column of 255, no
-      intermediate resized mask and no pad pass.
-
-    ``seed`` ([2] integers, optional): the same seed gives the same crop (stateless draws).
-    """
-    import tensorflow as tf
-    uniform = draws(WINDOW_DRAWS + RESAMPLE_DRAWS, seed)
-    window = crop_window(tf.shape(image)[:2], crop_height, crop_width, min_scale, max_scale, uniform[:WINDOW_DRAWS])
-    start, stop = window["start"], window["stop"]
-    return resample_window(image[start[0]:stop[0], start[1]:stop[1]], mask[start[0]:stop[0], start[1]:stop[1]],
-                           window, crop_height, crop_width, flip, jitter, uniform=uniform[WINDOW_DRAWS:])
-
-
 def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_scale: float, uniform) -> dict:
     """Draws a random scale and crop position for an image of ``size`` [2] (int32): the scale,
     the crop's offset in the scaled image, and the source rows/columns [start, stop) it needs
@@ -153,7 +115,24 @@ def crop_window(size, crop_height: int, crop_width: int, min_scale: float, max_s
 
 def resample_window(patch, mask_patch, window: dict, crop_height: int, crop_width: int, flip: bool = True,
                     jitter: float = 0.0, *, uniform):
-    """The source window of ``crop_window`` (uint8 image and mask) -> the crop (see random_scale_crop).
+    """The source window of ``crop_window`` (uint8 image and mask) -> the crop: random scale,
+    crop, optional horizontal flip, colour jitter and padding (``segmodel.dataset`` decodes just
+    the window and calls this). The image is resampled bilinearly, the mask with nearest
+    neighbour on the same grid, so the two stay aligned; where the scaled image is smaller than
+    the crop, the image is padded with 0 and the mask with 255 (ignore). At scale 1 the crop
+    copies pixels exactly.
+
+    Costs are kept at the crop's size whatever the scale (scaling a whole 640x480 photo by 2 to
+    keep a 512x512 crop of it would resample four times the pixels):
+    * the source patch under the crop is cut first and converted to float32 before resizing
+      (TensorFlow's bilinear kernel is about twice as fast on float32 input as on uint8);
+    * the colour jitter is linear, and bilinear weights sum to one, so its matrix is applied to
+      the patch before resizing (fewer pixels at scales above 1) and only the clip to 0..255
+      runs on the crop: the result is jittering the crop, except that the contrast's mean level
+      is taken over the source patch;
+    * the mask is gathered straight into the crop with one padding row and column of 255, no
+      intermediate resized mask and no pad pass.
+
     ``uniform``: RESAMPLE_DRAWS numbers from ``draws``, the flip's and the colour jitter's three."""
     import tensorflow as tf
     scale, offset, start, stop = window["scale"], window["offset"], window["start"], window["stop"]
@@ -179,8 +158,3 @@ def resample_window(patch, mask_patch, window: dict, crop_height: int, crop_widt
     mask_patch = _gather_pixels(mask_patch, rows, cols)
     return (tf.ensure_shape(patch, [crop_height, crop_width, 3]),
             tf.ensure_shape(tf.cast(mask_patch, tf.uint8), [crop_height, crop_width, 1]))
-
-
-def augment(image, mask, crop_size, min_scale=0.5, max_scale=2.0, jitter=1.0, seed=None):
-    """uint8 image [H, W, 3], uint8 mask [H, W, 1] -> float image and uint8 mask at crop_size."""
-    return random_scale_crop(image, mask, crop_size[0], crop_size[1], min_scale, max_scale, jitter=jitter, seed=seed)

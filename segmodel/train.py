@@ -29,8 +29,10 @@ LOG = logging.getLogger(__name__)
 def make_parser() -> argparse.ArgumentParser:
     from segmodel.config import PRESETS, TrainConfig
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train_data", required=True, help="glob of training shards (local or gs://)")
-    parser.add_argument("--val_data", default="", help="glob of validation shards; enables best-model selection")
+    parser.add_argument("--train_data", required=True,
+                        help="a dataset folder (its manifest's train split) or a glob of shards (local or gs://)")
+    parser.add_argument("--val_data", default="",
+                        help="a dataset folder (its val split) or a glob of shards; enables best-model selection")
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--progress", type=int, choices=(0, 1, 2), default=1,
                         help="Keras's progress output: 0 none, 1 a live bar (a terminal), 2 one line per epoch (logs)")
@@ -155,8 +157,8 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
                                         config.min_scale, config.max_scale, config.jitter, seed=config.seed,
                                         deterministic=config.deterministic)
     # Repeated, with validation_steps: Keras keeps one iterator across epochs.
-    val_ds = dataset.evaluation_dataset(val_data).repeat() if val_data else None
-    val_steps = dataset.count_examples(val_data) if val_data else None
+    val_ds = dataset.evaluation_dataset(val_data, "val").repeat() if val_data else None
+    val_steps = dataset.count_examples(val_data, "val") if val_data else None
     weights = None
     if config.class_weights:
         weights = class_weights_from_stats(f"{dataset.dataset_dir(train_data)}/stats.json", num_classes)

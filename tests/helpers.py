@@ -72,3 +72,18 @@ def torchvision_rule(h, w, anns, category_index):
     target = (masks * cats[:, None, None]).max(axis=0)
     target[masks.sum(0) > 1] = 255
     return target
+
+
+def training_crop(image, mask, crop_size, min_scale=0.5, max_scale=2.0, jitter=1.0, seed=None):
+    """A decoded image and mask -> one training crop, through the pieces segmodel.dataset uses
+    (draws, crop_window, resample_window), without its JPEG window decode."""
+    import tensorflow as tf
+
+    from segmodel import preprocess
+    uniform = preprocess.draws(preprocess.WINDOW_DRAWS + preprocess.RESAMPLE_DRAWS, seed)
+    window = preprocess.crop_window(tf.shape(image)[:2], crop_size[0], crop_size[1], min_scale, max_scale,
+                                    uniform[:preprocess.WINDOW_DRAWS])
+    start, stop = window["start"], window["stop"]
+    return preprocess.resample_window(image[start[0]:stop[0], start[1]:stop[1]], mask[start[0]:stop[0], start[1]:stop[1]],
+                                      window, crop_size[0], crop_size[1], jitter=jitter,
+                                      uniform=uniform[preprocess.WINDOW_DRAWS:])

@@ -233,7 +233,7 @@ def test_gcs_input_and_output_through_the_emulator(tmp_path, testdata, gcs_bucke
                           "--output_dir", f"{prefix}/out"])
     names = sorted(m.path for m in FileSystems.match([f"{prefix}/out/*"])[0].metadata_list)
     assert names == [f"{prefix}/out/{n}" for n in
-                     ("classes.json", "errors.jsonl", "stats.json", "train-00000-of-00001.tfrecord")]
+                     ("classes.json", "dataset.json", "errors.jsonl", "stats.json", "train-00000-of-00001.tfrecord")]
     local = tmp_path / "from_gcs"
     local.mkdir()
     with FileSystems.open(f"{prefix}/out/train-00000-of-00001.tfrecord") as handle:
@@ -274,3 +274,52 @@ def test_truncated_annotation_file_keeps_what_was_read_and_reports_the_cut(tmp_p
     assert sorted(e["section"] for e in cuts) == ["annotations", "categories", "images"]
     # the images section was complete: every image is written (with no annotation: background)
     assert stats["images_written"] == len(document["images"])
+
+
+def test_a_rerun_refuses_or_replaces_the_dataset_as_a_whole(tmp_path, testdata):
+    """Re-running into a folder that holds a dataset refuses (no silent mix of old and new
+    shards); --overwrite replaces it as a whole: no stale shard is left, and the manifest lists
+    exactly the shards there, which training reads (not a glob that would catch leftovers)."""
+    from segmodel import dataset
+    root = testdata / PERSON
+    annotations, images = root / "annotations/test_coco.json", root / "images"
+    out = convert(tmp_path, annotations, images, "--num_shards", "4")
+    assert len(list(out.glob("train-*-of-00004.tfrecord"))) == 4
+    with pytest.raises(SystemExit, match="already holds a dataset.*--overwrite"):
+        coco_to_tfrecord.run(["--annotations", str(annotations), "--images", str(images), "--output_dir", str(out),
+                              "--num_shards", "2"])
+    (out / "train-00003-of-00004.tfrecord.tmp-0123").write_bytes(b"partial shard of a killed run")
+    coco_to_tfrecord.run(["--annotations", str(annotations), "--images", str(images), "--output_dir", str(out),
+                          "--num_shards", "2", "--overwrite"])
+    shards = sorted(p.name for p in out.iterdir() if ".tfrecord" in p.name)
+    assert shards == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    assert not list((out / ".staging").glob("*"))
+    manifest = json.loads((out / "dataset.json").read_text())
+    listed = manifest["splits"]["train"]
+    assert [s["file"] for s in listed["shards"]] == shards
+    assert listed["examples"] == len(read_records(str(out / "train-*.tfrecord"))) == 4
+    assert manifest["options"]["num_shards"] == 2 and [c["name"] for c in manifest["classes"]][0] == "background"
+    import google_crc32c
+    for shard in listed["shards"]:
+        data = (out / shard["file"]).read_bytes()
+        assert shard["bytes"] == len(data) and shard["crc32c"] == google_crc32c.Checksum(data).hexdigest().decode()
+    assert dataset.count_examples(str(out), "train") == 4
+    assert dataset.list_shards(str(out), "train") == [str(out / s) for s in shards]
+    (out / shards[1]).write_bytes((out / shards[1]).read_bytes()[:-10])  # a truncated shard
+    with pytest.raises(dataset.DatasetError, match="damaged or partial"):
+        dataset.list_shards(str(out), "train")
+    (out / shards[1]).unlink()
+    with pytest.raises(dataset.DatasetError, match="missing"):
+        dataset.count_examples(str(out), "train")
+
+
+def test_an_annotations_file_that_is_not_a_coco_dataset_fails_clearly(tmp_path):
+    for name, content in (("results.json", [{"image_id": 1, "category_id": 1, "score": 0.9}]),
+                          ("other.json", {"hello": "world"})):
+        (tmp_path / name).write_text(json.dumps(content))
+        with pytest.raises(SystemExit, match="nothing was written"):
+            coco_to_tfrecord.run(["--annotations", str(tmp_path / name), "--images", str(tmp_path),
+                                  "--output_dir", str(tmp_path / f"out_{name}")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        coco_to_tfrecord.run(["--annotations", str(tmp_path / "missing.json"), "--images", str(tmp_path),
+                              "--output_dir", str(tmp_path / "out_missing")])

@@ -3,6 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from segmodel import dataset, preprocess
+from tests.helpers import training_crop
 
 
 def blocky_pair(seed, h=96, w=120, block=12):
@@ -18,7 +19,7 @@ def test_crop_flip_and_pad_keep_the_mask_derived_from_the_image():
     tf.random.set_seed(0)
     image, mask = blocky_pair(0)
     for _ in range(20):
-        out_image, out_mask = preprocess.augment(tf.constant(image), tf.constant(mask), (128, 112),
+        out_image, out_mask = training_crop(tf.constant(image), tf.constant(mask), (128, 112),
                                                  min_scale=1.0, max_scale=1.0, jitter=0.0)
         out_image, out_mask = out_image.numpy(), out_mask.numpy()[..., 0]
         assert out_image.shape == (128, 112, 3) and out_mask.dtype == np.uint8
@@ -33,7 +34,7 @@ def test_scaling_resizes_masks_with_nearest_neighbour_and_stays_aligned():
     tf.random.set_seed(1)
     image, mask = blocky_pair(1)
     for _ in range(10):
-        out_image, out_mask = preprocess.augment(tf.constant(image), tf.constant(mask), (64, 64), 0.5, 2.0, 0.0)
+        out_image, out_mask = training_crop(tf.constant(image), tf.constant(mask), (64, 64), 0.5, 2.0, 0.0)
         out_mask = out_mask.numpy()[..., 0]
         valid = out_mask != 255
         assert set(np.unique(out_mask[valid])) <= set(np.unique(mask))  # no invented labels
@@ -50,10 +51,12 @@ def test_training_batches_and_full_size_evaluation(demo_dataset):
     assert images[0][0].dtype == tf.uint8
 
 
-def test_resize_nearest_equals_tensorflow_nearest():
+def test_nearest_mask_sampling_equals_tensorflow_nearest():
     mask = tf.constant(np.random.default_rng(3).integers(0, 255, (37, 53, 1)).astype(np.uint8))
     for size in [(37, 53), (74, 106), (19, 27), (100, 41)]:
-        ours = preprocess.resize_nearest(mask, tf.constant(size)).numpy()
+        rows = preprocess._nearest_sources(37, size[0], 0, size[0])
+        cols = preprocess._nearest_sources(53, size[1], 0, size[1])
+        ours = preprocess._gather_pixels(mask, rows, cols).numpy()
         theirs = tf.cast(tf.image.resize(mask, size, method="nearest"), tf.uint8).numpy()
         assert np.array_equal(ours, theirs), size
 
@@ -83,7 +86,7 @@ def test_a_seed_fixes_an_examples_augmentation():
     image, mask = tf.constant(image), tf.constant(mask)
 
     def crop(seed):
-        out = preprocess.augment(image, mask, (48, 40), 0.5, 2.0, 1.0, seed=tf.constant(seed, tf.int64))
+        out = training_crop(image, mask, (48, 40), 0.5, 2.0, 1.0, seed=tf.constant(seed, tf.int64))
         return [part.numpy() for part in out]
 
     first, again, other = crop([7, 1]), crop([7, 1]), crop([7, 2])
