@@ -235,6 +235,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
     from segmodel.exported import class_names
     names = class_names(known.model, FileSystems.open)
+    if image_checks.output_inside_input(known.output_dir, known.input):
+        raise SystemExit(f"segpipe segment: --output_dir {known.output_dir} lies where --input {known.input} "
+                         "matches: a re-run would segment its own masks; choose an output folder outside it")
     options = {k: v for k, v in vars(known).items() if k != "input"}
     try:
         config = SegmentConfig(**dict(options, output_dir=known.output_dir.rstrip("/"), class_names=names))

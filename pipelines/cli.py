@@ -10,7 +10,8 @@
 
 ``segpipe <command> --help`` shows each command's flags; flags a Beam job does not know go to
 Beam (``--runner DataflowRunner --project ...``). ``segpipe --verbose <command> ...`` also shows
-TensorFlow's C++ log lines (hidden by default: start-up chatter about CPU instructions and CUDA).
+TensorFlow's C++ log lines (hidden by default: start-up chatter about CPU instructions and CUDA)
+and the traceback of an error (by default: one line on stderr and exit status 1).
 """
 from __future__ import annotations
 
@@ -41,8 +42,17 @@ def main(argv=None) -> int:
         if tuple(argv[:len(words)]) == words:
             import logging
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-            sys.argv[0] = "segpipe " + " ".join(words)  # so --help names the command as typed
-            getattr(importlib.import_module(module), function)(argv[len(words):])
+            command = "segpipe " + " ".join(words)
+            sys.argv[0] = command  # so --help names the command as typed
+            try:
+                getattr(importlib.import_module(module), function)(argv[len(words):])
+            except (OSError, ValueError, KeyError) as error:
+                # A missing file, an unreadable model folder, a malformed document: one line, no
+                # traceback (--verbose shows it). Bad flags already exit through argparse.
+                if verbose:
+                    raise
+                print(f"{command}: {type(error).__name__}: {error}", file=sys.stderr)
+                return 1
             return 0
     print(__doc__.strip())
     if argv and argv[0] not in ("-h", "--help", "help"):

@@ -112,6 +112,41 @@ def glob_root(pattern: str) -> str:
     return pattern[: pattern.rfind("/", 0, cut) + 1] if "/" in pattern[:cut] else ""
 
 
+def glob_regex(pattern: str):
+    """A glob as Beam's filesystems read it: ``*`` and ``?`` stay within a folder, ``**`` crosses
+    folders, ``[...]`` is a character class."""
+    import re
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+            end = pattern.index("]", i + 1)
+            out.append(pattern[i:end + 1])
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def output_inside_input(output_dir: str, pattern: str) -> bool:
+    """Whether files this job writes under ``output_dir`` could match the input glob (a re-run
+    would read its own masks and overlays as inputs)."""
+    matcher = glob_regex(pattern)
+    base = output_dir.rstrip("/")
+    probes = [f"{base}/{folder}/x{ext}" for folder in ("masks", "overlays", "masks/a/b")
+              for ext in (".png", ".tif", ".jpg", ".json")]
+    return any(matcher.match(probe) for probe in probes)
+
+
 def relative_to(path: str, root: str) -> str:
     if root and path.startswith(root):
         return path[len(root):]

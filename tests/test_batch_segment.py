@@ -276,3 +276,14 @@ def test_bad_settings_are_one_clear_line(pointwise_model, tmp_path):
         segment(model_dir, f"{tmp_path}/*.png", tmp_path / "out", "--tile_size", "64", "--tile_overlap", "64")
     with pytest.raises(SystemExit, match="chunk_size .* must be at least tile_size"):
         segment(model_dir, f"{tmp_path}/*.png", tmp_path / "out", "--chunk_size", "100")
+
+
+def test_an_output_folder_the_input_glob_would_read_is_refused(pointwise_model, tmp_path):
+    from pipelines.images import output_inside_input
+    model_dir, _ = pointwise_model
+    assert output_inside_input("in/seg", "in/**")
+    assert output_inside_input("in/seg", "in/*/*/*.png")  # in/seg/masks/x.png
+    assert not output_inside_input("in/seg", "in/*.png")  # * stays within a folder
+    assert not output_inside_input("out", "in/**")
+    with pytest.raises(SystemExit, match="re-run would segment its own masks"):
+        segment(model_dir, f"{tmp_path}/**", tmp_path / "seg")

@@ -114,3 +114,34 @@ def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
     assert errors == []
     assert len(images) >= 10 and all(ok for _, ok in images), [src for src, ok in images if not ok]
     assert headings == ["Dataset", "Training", "Evaluation", "Validation samples", "Review queue", "GeoTIFF masks"]
+
+
+def test_bad_command_lines_are_one_clear_line_and_a_non_zero_exit(tmp_path, capsys):
+    """A missing or mistyped flag, a model folder without classes.json, an empty glob, a missing
+    annotations file: a message on stderr and a non-zero status, never a traceback."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "images").mkdir()
+    for argv, code, message in (
+            (["segment", "--input", "x/*.png", "--output_dir", "o"], 2, "--model"),
+            (["segment", "--model", "m", "--input", "i", "--output_dir", "o", "--tile_size", "big"], 2, "invalid int"),
+            (["segment", "--model", str(tmp_path / "model"), "--input", f"{tmp_path}/images/*.png",
+              "--output_dir", str(tmp_path / "out")], 1, "classes.json"),
+            (["dataset", "coco", "--annotations", str(tmp_path / "none.json"), "--images", str(tmp_path),
+              "--output_dir", str(tmp_path / "ds")], "coco_to_tfrecord: --annotations", "does not exist")):
+        try:
+            status = cli.main(argv)
+        except SystemExit as stop:  # argparse (status 2) and the jobs' own one-line exits
+            status = stop.code
+        err = capsys.readouterr().err
+        assert status == code or (isinstance(code, str) and str(status).startswith(code)), (argv, status)
+        assert message in (err + str(status)) and "Traceback" not in err, (argv, err)
+    import keras
+
+    from segmodel.fcn import export_model
+    images = keras.Input((None, None, 3))
+    export_model(keras.Model(images, keras.layers.Conv2D(2, 1)(images)), str(tmp_path / "model/model.keras"))
+    (tmp_path / "model/classes.json").write_text(json.dumps({"classes": [{"index": 0, "name": "a"},
+                                                                         {"index": 1, "name": "b"}]}))
+    with pytest.raises(SystemExit, match="nothing was written"):  # an empty glob
+        cli.main(["segment", "--model", str(tmp_path / "model"), "--input", f"{tmp_path}/images/*.png",
+                  "--output_dir", str(tmp_path / "out")])
