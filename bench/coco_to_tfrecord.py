@@ -3,10 +3,15 @@
 
     python bench/coco_to_tfrecord.py --num_images 10000 [--skip_model_garden] [--profile]
 
-(a) a straightforward single-process loop (bench/simple_coco_loop.py);
+(a) a straightforward single-process loop (bench/simple_coco_loop.py): the same output as (c),
+    one semantic mask PNG per image in TFRecords;
 (b) TF Model Garden's converter, official.vision.data.create_coco_tf_record --include_masks
-    --num_processes=2, in its own virtualenv (bench_output/mg-venv: pip install tf-models-official);
-(c) this project's pipeline with 2 local Beam workers (multi_processing).
+    --num_processes=2, in its own virtualenv (bench_output/mg-venv: pip install tf-models-official).
+    Not the same output: one PNG per *instance* plus boxes, no semantic mask;
+(c) this project's pipeline with 2 local Beam workers (multi_processing);
+(d) the loop of (a) in 2 processes: the equal-output baseline at the same parallelism as (c).
+Each converter's output is checked (N records, no error) before a figure is printed; a baseline
+that fails fails the benchmark (--skip_model_garden leaves (b) out on purpose).
 Prints images/s and the ratios; --profile adds a cProfile of (c)'s per-image work in one process.
 """
 from __future__ import annotations
@@ -29,8 +34,21 @@ def timed(command, env=None) -> float:
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"{command[:3]} failed:\n{result.stderr[-3000:]}")
     return elapsed
+
+
+def count_records(pattern: str) -> int:
+    import glob
+
+    import tensorflow as tf
+    files = sorted(glob.glob(pattern))
+    return sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
+
+
+def check(what: str, written: int, expected: int) -> None:
+    if written != expected:
+        raise SystemExit(f"{what} wrote {written} records for {expected} images: its time would not compare")
 
 
 def model_garden_python(out: str) -> str | None:
@@ -106,7 +124,13 @@ def main(argv=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = fresh("simple")
     results["a_simple_loop_s"] = timed([sys.executable, os.path.join(ROOT, "bench/simple_coco_loop.py"), annotations,
-                                        images, os.path.join(out, "simple.tfrecord")], env)
+                                        images, os.path.join(out, "simple")], env)
+    check("(a)", count_records(os.path.join(out, "simple-*.tfrecord")), n)
+    out = fresh("simple2")
+    results["d_simple_loop_2_processes_s"] = timed(
+        [sys.executable, os.path.join(ROOT, "bench/simple_coco_loop.py"), annotations, images,
+         os.path.join(out, "simple"), "--processes", "2"], env)
+    check("(d)", count_records(os.path.join(out, "simple-*.tfrecord")), n)
     if not args.skip_model_garden:
         python = model_garden_python(args.output)
         if python:
@@ -116,21 +140,29 @@ def main(argv=None):
                  f"--image_dir={images}", f"--object_annotations_file={annotations}",
                  f"--output_file_prefix={out}/train", "--num_shards=8", "--include_masks=True",
                  "--num_processes=2"], env)
+            check("(b)", count_records(os.path.join(out, "train-*")), n)
         else:
-            print("Model Garden's converter could not be installed; (b) not measured")
+            raise SystemExit("Model Garden's converter could not be installed: (b) cannot be measured "
+                             "(--skip_model_garden to leave it out)")
     out = fresh("pipeline")
     results["c_pipeline_s"] = timed([sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations,
                                      "--images", images, "--output_dir", out, "--direct_num_workers", "2",
                                      "--direct_running_mode", "multi_processing"], dict(env, PYTHONPATH=ROOT))
+    with open(os.path.join(out, "dataset.json")) as handle:
+        check("(c)", json.load(handle)["splits"]["train"]["examples"], n)
+    with open(os.path.join(out, "errors.jsonl")) as handle:
+        if handle.read().strip():
+            raise SystemExit("(c) rejected images of the generated set: see its errors.jsonl")
     lines = ["| converter | seconds | images/s |", "|---|---|---|"]
     for key, label in (("a_simple_loop_s", "(a) simple single-process loop"),
                        ("b_model_garden_s", "(b) TF Model Garden create_coco_tf_record, 2 processes"),
-                       ("c_pipeline_s", "(c) pipelines.coco_to_tfrecord, 2 Beam workers")):
+                       ("c_pipeline_s", "(c) pipelines.coco_to_tfrecord, 2 Beam workers"),
+                       ("d_simple_loop_2_processes_s", "(d) the loop of (a) in 2 processes (same output as (c))")):
         if key in results:
             results[key.replace("_s", "_images_per_s")] = n / results[key]
             lines.append(f"| {label} | {results[key]:.1f} | {n / results[key]:.0f} |")
     print("\n".join(lines))
-    for base in ("a_simple_loop_s", "b_model_garden_s"):
+    for base in ("a_simple_loop_s", "b_model_garden_s", "d_simple_loop_2_processes_s"):
         if base in results:
             ratio = results[base] / results["c_pipeline_s"]
             results[f"c_over_{base[:1]}"] = ratio

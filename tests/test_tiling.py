@@ -61,35 +61,32 @@ def test_column_strip_runs_rebuild_the_rle():
         assert np.array_equal(mask_utils.decode(rle), m)
 
 
-def test_segmenter_returns_outcomes_in_job_order_across_shapes_and_failures():
-    """Jobs of different tile shapes finish out of order and a failed read finishes at once;
-    the outcomes still come back in the order of the jobs (the handler zips them with its chunks)."""
-    import keras
+def test_geometry_edge_cases_written_out():
+    with pytest.raises(ValueError, match="tile_overlap 64 must be smaller than tile_size 64"):
+        tiling.tile_starts(200, 64, 64)
+    assert tiling.tile_starts(30, 10, 9) == list(range(21))  # stride 1 is allowed
+    assert tiling.tile_starts(64, 64, 16) == [0] and tiling.tile_starts(65, 64, 16) == [0, 1]
+    # A tile that starts exactly where the chunk ends does not touch it.
+    assert tiling.tiles_touching(300, 100, 20, 0, 80) == [0]
+    assert tiling.tiles_touching(300, 100, 20, 80, 81) == [0, 80]
+    # Borders at tile ends: ends are 100, 180, 260, 300; a chunk of 180 ends at 180 exactly.
+    assert tiling.chunk_bounds(300, 100, 20, 180) == [(0, 180), (180, 300)]
+    assert tiling.chunk_bounds(180, 100, 20, 180) == [(0, 180)]
+    # No tile end within a chunk narrower than the stride: cut at the chunk size.
+    assert tiling.chunk_bounds(100, 64, 0, 40) == [(0, 40), (40, 64), (64, 100)]
 
-    from segmodel.predict import TiledSegmenter
-    images = keras.Input((None, None, 3))
-    model = keras.Model(images, keras.layers.Conv2D(3, 1, kernel_initializer="ones")(images))
 
-    class Job:
-        core = None
+def test_blend_weights_dtype_and_small_overlaps():
+    for overlap in (0, 1, 5):
+        assert tiling.blend_weights(6, 7, overlap).dtype == np.float32
+    w = tiling.blend_weights(5, 5, 1)
+    assert w[0, 0] == 0.25 and w[0, 2] == 0.5 and w[2, 2] == 1.0
 
-        def __init__(self, height, width, fail=False):
-            self.shape, self.fail = (height, width), fail
 
-        def open(self):
-            if self.fail:
-                raise OSError("unreadable")
-            return self.shape
-
-        def read(self, row, col, height, width):
-            return np.full((height, width, 3), sum(self.shape) % 200, np.uint8), None
-
-        def close(self):
-            pass
-
-    jobs = [Job(200, 300), Job(40, 50), Job(10, 10, fail=True), Job(64, 64), Job(130, 70)]
-    outcomes = TiledSegmenter(model, 3, tile=64, overlap=16, batch_size=5).segment(
-        jobs, lambda job, mask, stats, error: (job, None if mask is None else mask.shape, error))
-    assert [job for job, _, _ in outcomes] == jobs
-    assert [shape for _, shape, _ in outcomes] == [(200, 300), (40, 50), None, (64, 64), (130, 70)]
-    assert isinstance(outcomes[2][2], OSError) and all(e is None for i, (_, _, e) in enumerate(outcomes) if i != 2)
+def test_column_runs_edge_cases():
+    assert tiling.column_runs(np.zeros((0, 3), bool)) == [0]
+    assert tiling.column_runs(np.array([[1]])) == [0, 1]
+    assert tiling.column_runs(np.array([[0]])) == [1]
+    assert tiling.column_runs(np.array([[3], [5]])) == [0, 2]  # any non-zero is foreground
+    assert tiling.merge_runs([0, 2], [0]) == [0, 2]  # an empty strip adds nothing
+    assert tiling.merge_runs([], [4, 1]) == [4, 1]
