@@ -3,6 +3,7 @@ record references that go through the shard shuffle, the shard writer, stats.jso
 from __future__ import annotations
 
 import collections
+import logging
 import json
 import math
 import typing
@@ -14,6 +15,8 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.runner import ERRORS, STATS, Progress, count, error_record
 from pipelines.storage import ReadAhead, commit_temp, temp_name, write_json
 from segformat.masks import IGNORE_INDEX
+
+LOG = logging.getLogger(__name__)
 
 # ~128 MB per shard: large enough that GCS and tf.data read efficiently (the TFRecord guide
 # suggests 100-200 MB), small enough for many shards to spread over Dataflow workers and
@@ -201,6 +204,8 @@ def _all_shard_keys(split_total):
 MANIFEST = "dataset.json"
 STAGING = ".staging"
 MANIFEST_FORMAT = "segpipe-dataset/1"
+# Present from the start of a commit to its end: a run killed in between left OUT half swapped.
+COMMITTING = "committing"
 
 
 def dataset_files(output_dir: str) -> list:
@@ -216,12 +221,18 @@ def dataset_files(output_dir: str) -> list:
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuses a folder that already holds a dataset unless ``overwrite`` (the new dataset then
     replaces it as a whole when it is complete); clears a killed run's staging folder."""
+    staging = FileSystems.join(output_dir, STAGING)
+    if FileSystems.exists(FileSystems.join(staging, COMMITTING)):
+        # A run killed while it swapped its dataset in: neither the old nor the new one is whole.
+        LOG.warning("%s: a previous run was interrupted while committing its dataset; removing it", output_dir)
+        interrupted = dataset_files(output_dir)
+        if interrupted:
+            FileSystems.delete(interrupted)
     existing = dataset_files(output_dir)
     if existing and not overwrite:
         shown = ", ".join(p.rsplit("/", 1)[-1] for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
         raise SystemExit(f"{output_dir} already holds a dataset ({shown}); pass --overwrite to replace it "
                          "as a whole, or choose another --output_dir")
-    staging = FileSystems.join(output_dir, STAGING)
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(staging, "*")])[0].metadata_list]
     if leftovers:
         FileSystems.delete(leftovers)
@@ -232,6 +243,8 @@ def commit_dataset(_, shards, side_files, output_dir: str, description: dict) ->
     trusts the folder during the swap), then every shard not in the new set, then the new
     shards move in, and the new manifest, written last, says the dataset is complete."""
     del side_files  # a side input only so that this runs after errors.jsonl, stats.json, classes.json
+    marker = FileSystems.join(output_dir, STAGING, COMMITTING)
+    write_json(marker, {"shards": sorted(shard["file"] for shard in shards)})
     manifest_path = FileSystems.join(output_dir, MANIFEST)
     if FileSystems.exists(manifest_path):
         FileSystems.delete([manifest_path])
@@ -249,6 +262,7 @@ def commit_dataset(_, shards, side_files, output_dir: str, description: dict) ->
         entry["examples"] += shard["examples"]
         entry["shards"].append({k: shard[k] for k in ("file", "examples", "bytes", "crc32c")})
     write_json(manifest_path, dict(description, format=MANIFEST_FORMAT, splits=splits))
+    FileSystems.delete([marker])
 
 
 class WriteSegmentationDataset(beam.PTransform):
