@@ -33,7 +33,9 @@ setuptools.setup(
     extras_require={
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
-        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8"],
+        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
+                 # fuzzing (tests/test_fuzz.py)
+                 "hypothesis>=6.100,<7"],
     },
     entry_points={"console_scripts": ["segpipe=pipelines.cli:main"]},
 )

@@ -121,7 +121,7 @@ class StreamCocoFn(beam.DoFn):
                     try:
                         record = {"id": obj["id"], "file_name": obj["file_name"],
                                   "height": int(obj["height"]), "width": int(obj["width"])}
-                    except (KeyError, TypeError, ValueError) as e:
+                    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(inf)
                         yield from self._malformed("image", obj, e, "images_rejected/malformed_image_record")
                         continue
                     yield beam.pvalue.TaggedOutput(IMAGES, (record["id"], record))
@@ -129,7 +129,7 @@ class StreamCocoFn(beam.DoFn):
                     try:
                         record = {"id": obj["id"], "image_id": obj["image_id"], "category_id": obj["category_id"],
                                   "segmentation": obj.get("segmentation"), "iscrowd": int(obj.get("iscrowd", 0))}
-                    except (KeyError, TypeError, ValueError) as e:
+                    except (KeyError, TypeError, ValueError, OverflowError) as e:
                         yield from self._malformed("annotation", obj, e, "annotations_skipped/malformed_annotation")
                         continue
                     pending.setdefault(record["image_id"], []).append(record)
@@ -194,9 +194,10 @@ class CocoExampleFn(ConvertFilesFn):
                     f"annotation {ann['id']}", "unknown_image_id", f"no image with id {image_id}")))
             outputs.append(beam.pvalue.TaggedOutput(STATS, {"annotations_skipped/unknown_image_id": len(annotations)}))
             return item, None, outputs
-        if len(images) > 1:
-            return item, None, list(reject_image(f"image {image_id}", "duplicate_image_id",
-                                                f"{len(images)} images share id {image_id}", image_id=image_id))
+        if len(images) > 1:  # every entry of the id is rejected (and counted): which one is meant is unknowable
+            return item, None, [output for image in images for output in reject_image(
+                str(image.get("file_name")), "duplicate_image_id", f"{len(images)} images share id {image_id}",
+                image_id=image_id)]
         try:
             return item, (image_checks.join_under_root(self.config.images_root, images[0]["file_name"]),), []
         except image_checks.ImageError as e:
