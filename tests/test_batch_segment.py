@@ -287,3 +287,47 @@ def test_an_output_folder_the_input_glob_would_read_is_refused(pointwise_model, 
     assert not output_inside_input("out", "in/**")
     with pytest.raises(SystemExit, match="re-run would segment its own masks"):
         segment(model_dir, f"{tmp_path}/**", tmp_path / "seg")
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint16", None), ("float32", float("nan"))])
+def test_non_8bit_geotiffs_are_stretched_per_band_with_chosen_bands(tmp_path, dtype, nodata):
+    """A 4-band 16-bit (or float with NaN nodata) raster, --bands 3,1,2: each chosen band is
+    stretched between its 2nd and 98th percentile (computed here with NumPy over the whole band;
+    the data is constant in 16-pixel blocks, so the job's decimated read sees the same values)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    # Class k = the brightest of the three bands shown to the model: the band order shows.
+    images = keras.Input((None, None, 3))
+    model = keras.Model(images, keras.layers.Conv2D(3, 1, use_bias=False, kernel_initializer=keras.initializers.Constant(
+        np.eye(3, dtype="float32")[None, None]))(images))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    fcn.export_model(model, str(model_dir / "model.keras"))
+    (model_dir / "classes.json").write_text(json.dumps(
+        {"ignore_index": 255, "classes": [{"index": i, "name": n} for i, n in enumerate(["r", "g", "b"])]}))
+    rng = np.random.default_rng(7)
+    h, w = 96, 160
+    blocks = rng.uniform(0, 1, (4, h // 16, w // 16))
+    scale = {"uint16": (300, 40000), "float32": (-0.2, 0.9)}[dtype]
+    bands = (scale[0] + blocks * (scale[1] - scale[0])).repeat(16, 1).repeat(16, 2).astype(dtype)
+    if nodata is not None:
+        bands[:, :16, :32] = np.nan  # one nodata corner
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with rasterio.open(inputs / "scene.tif", "w", driver="GTiff", width=w, height=h, count=4, dtype=dtype,
+                       crs="EPSG:32633", transform=from_origin(0, 0, 10, 10), nodata=nodata) as dst:
+        dst.write(bands)
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "64", "--tile_overlap", "16",
+            "--bands", "3,1,2", "--chunk_size", "64")
+    chosen = bands[[2, 0, 1]].astype(np.float64)
+    valid = np.isfinite(chosen).all(0)
+    stretched = np.zeros((h, w, 3), np.uint8)
+    for k in range(3):
+        low, high = np.percentile(chosen[k][valid], [2, 98])
+        stretched[..., k] = np.clip((np.nan_to_num(chosen[k]) - low) / (high - low) * 255, 0, 255).astype(np.uint8)
+    expected = np.asarray(model(stretched[None].astype("float32"))).argmax(-1)[0]
+    with rasterio.open(tmp_path / "out/masks/scene.tif") as src:
+        mask = src.read(1)
+    assert len(np.unique(expected[valid])) == 3
+    assert np.array_equal(mask[valid], expected[valid])
+    assert np.all(mask[~valid] == 255) and (~valid).sum() == (0 if nodata is None else 16 * 32)
