@@ -66,16 +66,16 @@ class ChunkWriter:
 
     def __call__(self, job, mask, stats, error) -> dict:
         chunk = job.chunk
+        if error is not None:  # the input could not be read or segmented
+            return {"error": failure_record(chunk.source, error)}
         try:
-            if error is not None:
-                raise error
             if not chunk.whole:
                 return {"part": self._write_part(chunk, mask, stats)}
             if chunk.kind == "image":
                 return {"record": self._write_photo(job, chunk, mask, stats)}
             return {"record": self._write_raster(chunk, mask, stats)}
         except Exception as e:  # one input's failure is its error record, never the job's end
-            return {"error": failure_record(chunk.source, e)}
+            return {"error": write_failure(chunk.source, e)}
 
     def _write_photo(self, job, chunk: Chunk, mask, stats) -> dict:
         height, width = mask.shape
@@ -118,6 +118,10 @@ def failure_record(source: str, error: Exception) -> dict:
     return error_record(source, reason, f"{type(error).__name__}: {error}"[:500])
 
 
+def write_failure(source: str, error: Exception) -> dict:
+    return error_record(source, "write_failed", f"{type(error).__name__}: {error}"[:500])
+
+
 def present_classes(stats) -> list:
     return [c for c, pixels in enumerate(np.asarray(stats["pixels"])) if c > 0 and pixels > 0]
 
@@ -149,7 +153,7 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         return {"record": finish_input(spec, info, path, totals, runs)}
     except Exception as e:
-        return {"error": failure_record(first.source, e)}
+        return {"error": write_failure(first.source, e)}
     finally:
         if parts:
             FileSystems.delete([p["path"] for p in parts])

@@ -331,3 +331,18 @@ def test_non_8bit_geotiffs_are_stretched_per_band_with_chosen_bands(tmp_path, dt
     assert len(np.unique(expected[valid])) == 3
     assert np.array_equal(mask[valid], expected[valid])
     assert np.all(mask[~valid] == 255) and (~valid).sum() == (0 if nodata is None else 16 * 32)
+
+
+def test_a_mask_that_cannot_be_written_is_an_error_record_and_the_rest_go_on(pointwise_model, tmp_path):
+    model_dir, _ = pointwise_model
+    for k, folder in enumerate(("a", "b", "a")):
+        (tmp_path / "in" / folder).mkdir(parents=True, exist_ok=True)
+        random_image(tmp_path / "in" / folder / f"img{k}.png", 30, 40, k)
+    (tmp_path / "out/masks").mkdir(parents=True)
+    (tmp_path / "out/masks/b").write_text("a file where the folder for b's masks must go")
+    result = segment(model_dir, f"{tmp_path}/in/**", tmp_path / "out", "--tile_size", "32")
+    errors = [json.loads(line) for line in (tmp_path / "out/errors.jsonl").read_text().splitlines()]
+    assert [(e["source"].rsplit("/", 1)[-1], e["reason"]) for e in errors] == [("img1.png", "write_failed")]
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
+    assert counters["images_segmented"] == 2 and counters["images_rejected/write_failed"] == 1
+    assert (tmp_path / "out/masks/a/img0.png").is_file() and (tmp_path / "out/masks/a/img2.png").is_file()
