@@ -65,6 +65,7 @@ def test_normalisation_switch_follows_the_backbone_weights(tmp_path):
         np.testing.assert_array_equal(model.get_layer(name).kernel.numpy(), source.get_layer(name).kernel.numpy())
 
 
+@pytest.mark.slow  # a full-size VGG16 classifier
 def test_classifier_weights_become_fc6_and_fc7():
     source = keras.applications.VGG16(include_top=True, weights=None)
     model = fcn.build_fcn("fcn8s", 3)

@@ -64,6 +64,7 @@ annotation_entry = st.fixed_dictionaries({
     "iscrowd": st.sampled_from([0, 1, 2, "x"]), "segmentation": segmentation})
 
 
+@pytest.mark.slow  # whole conversion jobs, a dozen of them
 @settings(max_examples=BUDGET // 20 or 12, deadline=None, derandomize=not BUDGET,
           suppress_health_check=list(HealthCheck))
 @given(images=st.lists(image_entry, max_size=4), annotations=st.lists(annotation_entry, max_size=5),
