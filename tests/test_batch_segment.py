@@ -346,3 +346,54 @@ def test_a_mask_that_cannot_be_written_is_an_error_record_and_the_rest_go_on(poi
     counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
     assert counters["images_segmented"] == 2 and counters["images_rejected/write_failed"] == 1
     assert (tmp_path / "out/masks/a/img0.png").is_file() and (tmp_path / "out/masks/a/img2.png").is_file()
+
+
+def test_a_remote_raster_is_read_window_by_window(pointwise_model, tmp_path, gcs_bucket, monkeypatch):
+    """A 2048 x 2048 tiled GeoTIFF on gs:// cut into 16 chunks: each chunk's reader fetches a
+    fraction of the file (ranged reads through Beam's seekable gs:// files; a chunk reads its
+    tiles' windows, rounded out to the file's 256-pixel blocks), never the whole of it, and the
+    mask still equals one pass of the model."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from pipelines import rasters
+    model_dir, model = pointwise_model
+    size = 2048
+    image = np.random.default_rng(4).integers(0, 256, (size // 32, size // 32, 3), dtype=np.uint8)
+    image = image.repeat(32, 0).repeat(32, 1)
+    local = tmp_path / "big.tif"
+    with rasterio.open(local, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                       crs="EPSG:3857", transform=from_origin(0, 0, 1, 1), tiled=True, blockxsize=256,
+                       blockysize=256) as dst:  # uncompressed: bytes read track pixels read
+        dst.write(image.transpose(2, 0, 1))
+    prefix = f"gs://{gcs_bucket}/ranged"
+    upload_tree(model_dir, f"{prefix}/model")
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.create(f"{prefix}/in/big.tif") as handle:
+        handle.write(local.read_bytes())
+    fetched = []  # bytes read through each opened remote file object
+    opener = rasters._beam_opener
+
+    def counting_opener(path, mode="rb"):
+        handle = opener(path, mode)
+        index = len(fetched)
+        fetched.append(0)
+        read = handle.read
+
+        def counted(*args):
+            data = read(*args)
+            fetched[index] += len(data)
+            return data
+        handle.read = counted
+        return handle
+
+    monkeypatch.setattr(rasters, "_beam_opener", counting_opener)
+    segment(f"{prefix}/model", f"{prefix}/in/*.tif", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "16",
+            "--chunk_size", "512")
+    file_size = local.stat().st_size
+    # A chunk of 512 reads its core, 16 px before and 240 px after it in each direction (the
+    # tiles on its borders), rounded out to 256-px blocks: here at most ~37 % of the file each.
+    assert len(fetched) >= 16 and max(fetched) < 0.4 * file_size, (file_size, sorted(fetched))
+    with rasterio.open(tmp_path / "out/masks/big.tif") as src:
+        mask = src.read(1)
+    assert np.array_equal(mask, np.asarray(model(image[None].astype("float32"))).argmax(-1)[0])
