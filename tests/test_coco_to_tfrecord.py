@@ -323,3 +323,25 @@ def test_an_annotations_file_that_is_not_a_coco_dataset_fails_clearly(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         coco_to_tfrecord.run(["--annotations", str(tmp_path / "missing.json"), "--images", str(tmp_path),
                               "--output_dir", str(tmp_path / "out_missing")])
+
+
+def test_the_coco_job_on_beams_test_pipeline(tmp_path, testdata):
+    """build_pipeline on Beam's TestPipeline with assert_that on the shard entries it yields, and
+    run() given a test_pipeline (Beam's testing convention for entry points)."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    root = testdata / PERSON
+    annotations, images = str(root / "annotations/test_coco.json"), str(root / "images")
+    with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
+        shards = coco_to_tfrecord.build_pipeline(p, annotations, coco_to_tfrecord.CocoConfig(images_root=images), "all",
+                                                 str(tmp_path / "tp"), num_shards=2)
+        assert_that(shards | beam.Map(lambda s: s["file"]),
+                    equal_to(["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]), label="Files")
+        assert_that(shards | beam.Map(lambda s: s["examples"]) | beam.CombineGlobally(sum), equal_to([4]),
+                    label="Examples")
+    result = coco_to_tfrecord.run(["--annotations", annotations, "--images", images, "--output_dir",
+                                   str(tmp_path / "run")], test_pipeline=TestPipeline(runner=fn_runner.FnApiRunner()))
+    assert result.state == "DONE" and json.loads((tmp_path / "run/dataset.json").read_text())["splits"]["train"][
+        "examples"] == 4

@@ -103,3 +103,21 @@ def test_pair_fn_reads_a_batch_ahead_and_rejects_an_unreadable_pair(tmp_path):
     errors = [o.value for o in outputs if getattr(o, "tag", None) == "errors"]
     assert [r[1] for r in records] == ["a"] and records[0][2].height == 6
     assert [e["reason"] for e in errors] == ["unreadable_image", "mask_without_image"]
+
+
+def test_the_pairs_job_on_beams_test_pipeline(tmp_path, testdata):
+    """build_pipeline on Beam's TestPipeline, checked with assert_that."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from pipelines.masks_to_tfrecord import ColorMap
+    root = testdata / "kitti_road"
+    pairs = len(list((root / "image_2").glob("*.png")))
+    with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
+        shards = masks_to_tfrecord.build_pipeline(
+            p, f"{root}/image_2/*.png", f"{root}/gt_image_2/*.png", ColorMap.from_json(COLORS), str(tmp_path / "tp"),
+            num_shards=1, image_key_regex=KITTI_KEYS[1], mask_key_regex=KITTI_KEYS[3])
+        assert_that(shards | beam.Map(lambda s: (s["file"], s["split"])),
+                    equal_to([("train-00000-of-00001.tfrecord", "train")]), label="Files")
+        assert_that(shards | beam.Map(lambda s: s["examples"]), equal_to([pairs]), label="Examples")
