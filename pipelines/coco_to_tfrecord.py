@@ -302,6 +302,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise SystemExit("--val_fraction must be in [0, 1)")
     if not FileSystems.exists(known.annotations):
         raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
+    if image_checks.same_folder(known.output_dir, known.images):
+        raise SystemExit("coco_to_tfrecord: --output_dir is the --images folder; write the dataset elsewhere")
     config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
                         val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
     prepare_output_dir(known.output_dir, known.overwrite)

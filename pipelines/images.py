@@ -32,7 +32,8 @@ class ImageError(ValueError):
 
 
 def join_under_root(root: str, relative: str) -> str:
-    """``root/relative``, refusing a relative path that is absolute or climbs with ``..``."""
+    """``root/relative``, refusing a relative path that is absolute, climbs with ``..`` or (on a
+    local disk) leads through a symbolic link to a file outside ``root``."""
     if not isinstance(relative, str) or not relative:
         raise ImageError("malformed_image_record", "empty file_name")
     if (relative.startswith(("/", "\\")) or "://" in relative
@@ -41,7 +42,13 @@ def join_under_root(root: str, relative: str) -> str:
     parts = relative.replace("\\", "/").split("/")
     if ".." in parts:
         raise ImageError("path_escapes_root", f"file_name {relative!r} contains '..'")
-    return root.rstrip("/") + "/" + posixpath.normpath("/".join(parts)).lstrip("/")
+    joined = root.rstrip("/") + "/" + posixpath.normpath("/".join(parts)).lstrip("/")
+    if "://" not in root:
+        import os
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, os.path.realpath(joined)]) != real_root:
+            raise ImageError("path_escapes_root", f"file_name {relative!r} is a link to a file outside {root}")
+    return joined
 
 
 def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -137,14 +144,25 @@ def glob_regex(pattern: str):
     return re.compile("".join(out) + r"\Z")
 
 
-def output_inside_input(output_dir: str, pattern: str) -> bool:
-    """Whether files this job writes under ``output_dir`` could match the input glob (a re-run
-    would read its own masks and overlays as inputs)."""
+SEGMENT_OUTPUTS = tuple(f"{folder}/x{ext}" for folder in ("masks", "overlays", "masks/a/b")
+                        for ext in (".png", ".tif", ".jpg", ".json"))
+
+
+def output_inside_input(output_dir: str, pattern: str, outputs=SEGMENT_OUTPUTS) -> bool:
+    """Whether files a job writes under ``output_dir`` (``outputs``, relative names; by default
+    batch segmentation's masks and overlays) could match the input glob: a re-run would read its
+    own outputs as inputs."""
     matcher = glob_regex(pattern)
     base = output_dir.rstrip("/")
-    probes = [f"{base}/{folder}/x{ext}" for folder in ("masks", "overlays", "masks/a/b")
-              for ext in (".png", ".tif", ".jpg", ".json")]
-    return any(matcher.match(probe) for probe in probes)
+    return any(matcher.match(f"{base}/{name}") for name in outputs)
+
+
+def same_folder(a: str, b: str) -> bool:
+    """Whether two folder names (local or URIs) name the same folder."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    import os
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def relative_to(path: str, root: str) -> str:

@@ -231,6 +231,11 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         color_map = ColorMap.from_json(json.loads(handle.read()))
     for regex in (known.image_key_regex, known.mask_key_regex):
         re.compile(regex)
+    written = ("train-00000-of-00001.tfrecord", "errors.jsonl", "stats.json", "classes.json", "dataset.json")
+    for pattern in (known.images, known.masks):
+        if image_checks.output_inside_input(known.output_dir, pattern, written):
+            raise SystemExit(f"masks_to_tfrecord: --output_dir {known.output_dir} lies where {pattern} matches; "
+                             "choose an output folder outside the inputs")
     prepare_output_dir(known.output_dir, known.overwrite)
     description = {"command": "segpipe dataset masks", "options": vars(known)}
     started = time.time()

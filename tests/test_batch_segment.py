@@ -348,6 +348,7 @@ def test_a_mask_that_cannot_be_written_is_an_error_record_and_the_rest_go_on(poi
     assert (tmp_path / "out/masks/a/img0.png").is_file() and (tmp_path / "out/masks/a/img2.png").is_file()
 
 
+@pytest.mark.slow  # a 2048^2 raster through the GCS emulator
 def test_a_remote_raster_is_read_window_by_window(pointwise_model, tmp_path, gcs_bucket, monkeypatch):
     """A 2048 x 2048 tiled GeoTIFF on gs:// cut into 16 chunks: each chunk's reader fetches a
     fraction of the file (ranged reads through Beam's seekable gs:// files; a chunk reads its

@@ -345,3 +345,22 @@ def test_the_coco_job_on_beams_test_pipeline(tmp_path, testdata):
                                    str(tmp_path / "run")], test_pipeline=TestPipeline(runner=fn_runner.FnApiRunner()))
     assert result.state == "DONE" and json.loads((tmp_path / "run/dataset.json").read_text())["splits"]["train"][
         "examples"] == 4
+
+
+def test_links_out_of_the_images_folder_and_an_output_in_it_are_refused(tmp_path, testdata):
+    root = testdata / PERSON
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    document = json.loads((root / "annotations/test_coco.json").read_text())
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(images / document["images"][0]["file_name"], outside)
+    (images / "link.jpg").symlink_to(outside)
+    document["images"][0]["file_name"] = "link.jpg"
+    (tmp_path / "a.json").write_text(json.dumps(document))
+    out = convert(tmp_path, tmp_path / "a.json", images)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["reason"], "outside" in e["detail"]) for e in errors] == [("path_escapes_root", True)]
+    assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["examples"] == len(document["images"]) - 1
+    with pytest.raises(SystemExit, match="--output_dir is the --images folder"):
+        coco_to_tfrecord.run(["--annotations", str(tmp_path / "a.json"), "--images", str(images),
+                              "--output_dir", f"{images}/"])

@@ -121,3 +121,11 @@ def test_the_pairs_job_on_beams_test_pipeline(tmp_path, testdata):
         assert_that(shards | beam.Map(lambda s: (s["file"], s["split"])),
                     equal_to([("train-00000-of-00001.tfrecord", "train")]), label="Files")
         assert_that(shards | beam.Map(lambda s: s["examples"]), equal_to([pairs]), label="Examples")
+
+
+def test_an_output_folder_the_input_globs_would_read_is_refused(tmp_path):
+    colors = tmp_path / "colors.json"
+    colors.write_text(json.dumps(COLORS))
+    with pytest.raises(SystemExit, match="lies where .* matches"):
+        masks_to_tfrecord.run(["--images", f"{tmp_path}/**", "--masks", f"{tmp_path}/gt/*.png",
+                               "--output_dir", str(tmp_path / "dataset"), "--mask_colors", str(colors)])
