@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
 from pipelines import images as image_checks
+from pipelines import rasters
 from pipelines import segment_outputs as outputs
 from pipelines.chunks import plan_chunks
 from pipelines.inference import ChunkModelHandler
@@ -100,7 +101,7 @@ class PlanChunksFn(beam.DoFn):
     def process(self, path):
         config, spec = self.config, self.config.spec
         rel = posixpath.splitext(image_checks.relative_to(path, self.input_root))[0]
-        kind = "geotiff" if path.lower().endswith((".tif", ".tiff")) else "image"
+        kind = "geotiff" if rasters.is_geotiff(path) else "image"
         if config.skip_existing and FileSystems.exists(outputs.mask_path(spec, rel, kind)) \
                 and FileSystems.exists(outputs.record_path(spec, rel)):
             with FileSystems.open(outputs.record_path(spec, rel)) as handle:

@@ -265,6 +265,12 @@ def commit_dataset(_, shards, side_files, output_dir: str, description: dict) ->
     FileSystems.delete([marker])
 
 
+def _write_side_file(output_dir: str, name: str, doc) -> str:
+    """Writes OUT/name as JSON and returns the name (the commit step waits for it)."""
+    write_json(FileSystems.join(output_dir, name), doc)
+    return name
+
+
 class WriteSegmentationDataset(beam.PTransform):
     """Writes the dataset side of a conversion job.
 
@@ -313,11 +319,10 @@ class WriteSegmentationDataset(beam.PTransform):
                                                                 shard_name_template=""))
         totals = stats | "SumStats" >> beam.CombineGlobally(SumCountersFn())
         classes_written = classes | "WriteClasses" >> beam.Map(
-            lambda doc: write_json(FileSystems.join(out, "classes.json"), doc) or "classes.json")
+            lambda doc: _write_side_file(out, "classes.json", doc))
         stats_written = totals | "WriteStats" >> beam.Map(
-            lambda counters, classes_doc: write_json(
-                FileSystems.join(out, "stats.json"),
-                stats_document(counters, [c["name"] for c in classes_doc["classes"]])) or "stats.json",
+            lambda counters, classes_doc: _write_side_file(
+                out, "stats.json", stats_document(counters, [c["name"] for c in classes_doc["classes"]])),
             beam.pvalue.AsSingleton(classes))
         side_files = ((errors_written, classes_written, stats_written) | "SideFiles" >> beam.Flatten())
         description = self.description

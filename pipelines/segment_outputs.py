@@ -87,14 +87,17 @@ class ChunkWriter:
             Image.fromarray(palette.overlay(job.image, mask)).save(buffer, format="JPEG", quality=85)
             write_atomic(f"{self.spec.output_dir}/overlays/{chunk.rel}.jpg", buffer.getvalue(), "image/jpeg")
         info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
-        runs = class_runs(lambda c0, c1: mask[:, c0:c1], height, width, present_classes(stats))
-        return finish_input(self.spec, info, path, stats, runs)
+        return self._finish_from_memory(info, path, mask, stats)
 
     def _write_raster(self, chunk: Chunk, mask, stats) -> dict:
-        info = chunk.info
         path = mask_path(self.spec, chunk.rel, "geotiff")
-        local = rasters.write_geotiff_mask(path, info, [(0, 0, mask)], palette.geotiff_colormap(len(self.spec.class_names)))
+        local = rasters.write_geotiff_mask(path, chunk.info, [(0, 0, mask)],
+                                           palette.geotiff_colormap(len(self.spec.class_names)))
         shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        return self._finish_from_memory(chunk.info, path, mask, stats)
+
+    def _finish_from_memory(self, info, path: str, mask, stats) -> dict:
+        """The record of an input whose whole mask is in memory (its COCO runs read from it)."""
         runs = class_runs(lambda c0, c1: mask[:, c0:c1], info.height, info.width, present_classes(stats))
         return finish_input(self.spec, info, path, stats, runs)
 
