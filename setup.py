@@ -28,7 +28,8 @@ setuptools.setup(
     version="0.1.0",
     description="Semantic segmentation at scale: COCO/mask datasets -> FCN training -> batch segmentation on Beam",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "segformat", "segformat.*", "segmodel", "segmodel.*"]),
+    packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "segcli", "segcli.*", "segformat",
+                                               "segformat.*", "segmodel", "segmodel.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
@@ -37,5 +38,5 @@ setuptools.setup(
                  # fuzzing (tests/test_fuzz.py)
                  "hypothesis>=6.100,<7"],
     },
-    entry_points={"console_scripts": ["segpipe=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["segpipe=segcli.main:main"]},
 )

@@ -16,8 +16,6 @@ No pixels and no scores cross a shuffle: only descriptions, part paths and stati
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import posixpath
@@ -34,62 +32,14 @@ from pipelines import segment_outputs as outputs
 from pipelines.chunks import plan_chunks
 from pipelines.inference import ChunkModelHandler
 from pipelines.runner import ERRORS, Progress, count, make_pipeline, run_and_summarize
+from segcli.segment import SegmentConfig, make_parser
 
 LOG = logging.getLogger(__name__)
 SKIPPED, PARTS = "skipped", "parts"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SegmentConfig:
-    """Batch segmentation's settings; the command line's defaults come from here."""
-    model: str
-    output_dir: str
-    class_names: tuple
-    # The training crop size: the net sees the context it was trained on.
-    tile_size: int = 512
-    # Pixels neighbouring tiles share, blended away; None: min(64, tile_size // 4), two fc7
-    # strides of context at each edge without letting the overlap eat a small tile.
-    tile_overlap: int | None = None
-    # Tiles per model call: what a GPU of 16-24 GB holds for FCN-8s at 512 px with room to spare.
-    batch_size: int = 8
-    # Tiles' worth of chunks handed to the model at once (several photos or one raster chunk):
-    # enough to pool tiles across photos and overlap reading and writing with the model.
-    batch_tiles: int = 48
-    bands: str | None = None
-    # Largest side of a raster chunk: a 4096-px chunk is ~80 tiles (~1 s of a GPU); its blend
-    # buffer is one tile row of its width (512 x 4608 x C x 4 bytes, 38 MB at 4 classes), and the
-    # tile row/column it shares with each neighbour is ~11 % recomputed per direction.
-    chunk_size: int = 4096
-    skip_existing: bool = False
-    overlays: bool = False
-    # float32 by default; bfloat16 measured 1.96x faster for FCN-8s on this project's AVX512-BF16
-    # CPUs with 0.024 % of pixels changing class on the demo model (README).
-    precision: str = "float32"
-    large_model: bool = False
-    model_copies: int = 1
-
-    def __post_init__(self):
-        if self.tile_overlap is None:
-            object.__setattr__(self, "tile_overlap", min(64, self.tile_size // 4))
-        problems = []
-        if self.tile_size < 32:
-            problems.append(f"tile_size must be at least 32 (the FCN's stride), got {self.tile_size}")
-        if not 0 <= self.tile_overlap < self.tile_size:
-            problems.append(f"tile_overlap must be in [0, tile_size), got {self.tile_overlap}")
-        if self.batch_size < 1 or self.batch_tiles < 1 or self.model_copies < 1:
-            problems.append("batch_size, batch_tiles and model_copies must be at least 1")
-        if self.chunk_size < self.tile_size:
-            problems.append(f"chunk_size ({self.chunk_size}) must be at least tile_size ({self.tile_size})")
-        if self.precision not in ("float32", "bfloat16"):
-            problems.append(f"precision must be float32 or bfloat16, got {self.precision!r}")
-        if len(self.class_names) < 1:
-            problems.append("the model has no classes")
-        if problems:
-            raise ValueError("; ".join(problems))
-
-    @property
-    def spec(self) -> outputs.OutputSpec:
-        return outputs.OutputSpec(self.output_dir, tuple(self.class_names), self.overlays)
+def output_spec(config: SegmentConfig) -> outputs.OutputSpec:
+    return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays)
 
 
 class PlanChunksFn(beam.DoFn):
@@ -99,7 +49,7 @@ class PlanChunksFn(beam.DoFn):
         self.config, self.input_root = config, input_root
 
     def process(self, path):
-        config, spec = self.config, self.config.spec
+        config, spec = self.config, output_spec(self.config)
         rel = posixpath.splitext(image_checks.relative_to(path, self.input_root))[0]
         kind = "geotiff" if rasters.is_geotiff(path) else "image"
         if config.skip_existing and FileSystems.exists(outputs.mask_path(spec, rel, kind)) \
@@ -142,7 +92,7 @@ class MergePartsFn(beam.DoFn):
 
     def process(self, element):
         rel, outcomes = element
-        yield from finished(outputs.merge_parts(self.config.spec, rel, list(outcomes)))
+        yield from finished(outputs.merge_parts(output_spec(self.config), rel, list(outcomes)))
 
 
 def finished(outcome: dict):
@@ -157,7 +107,7 @@ def finished(outcome: dict):
 
 def segment_handler(config: SegmentConfig) -> ChunkModelHandler:
     return ChunkModelHandler(
-        config.model, outputs.ChunkWriter(config.spec), num_classes=len(config.class_names),
+        config.model, outputs.ChunkWriter(output_spec(config)), num_classes=len(config.class_names),
         tile_size=config.tile_size, tile_overlap=config.tile_overlap, batch_size=config.batch_size,
         batch_tiles=config.batch_tiles, precision=config.precision, large_model=config.large_model,
         model_copies=config.model_copies)
@@ -202,34 +152,6 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig):
          | "WriteErrors" >> beam.io.WriteToText(f"{out}/errors", file_name_suffix=".jsonl", num_shards=1,
                                                 shard_name_template=""))
     return segmented
-
-
-def make_parser() -> argparse.ArgumentParser:
-    defaults = {f.name: f.default for f in dataclasses.fields(SegmentConfig)}
-    parser = argparse.ArgumentParser(prog="segpipe segment", description=__doc__.split("\n\n")[0],
-                                     epilog="Flags not listed here go to Beam (--runner, --project, ...).")
-    parser.add_argument("--model", required=True, help="MODEL folder with model.keras and classes.json, or a "
-                        ".keras file (local or gs://)")
-    parser.add_argument("--input", required=True, help="glob of JPEG/PNG/GeoTIFF inputs (local or gs://)")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--tile_size", type=int, default=defaults["tile_size"])
-    parser.add_argument("--tile_overlap", type=int, default=defaults["tile_overlap"],
-                        help="pixels shared by neighbouring tiles; default min(64, tile_size // 4)")
-    parser.add_argument("--batch_size", type=int, default=defaults["batch_size"], help="tiles per model call")
-    parser.add_argument("--batch_tiles", type=int, default=defaults["batch_tiles"],
-                        help="tiles' worth of photos or raster chunks handed to the model at once")
-    parser.add_argument("--bands", default=defaults["bands"], help="GeoTIFF bands as RGB, 1-based, e.g. 4,3,2")
-    parser.add_argument("--chunk_size", type=int, default=defaults["chunk_size"],
-                        help="largest side of a raster chunk (rasters are cut into a grid of chunks)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults["precision"],
-                        help="bfloat16: ~2x faster on CPUs with AVX512-BF16/AMX, a few pixels differ")
-    parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
-    parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/REL.jpg")
-    parser.add_argument("--large_model", action="store_true",
-                        help="one model per machine shared by all worker processes (GPU workers)")
-    parser.add_argument("--model_copies", type=int, default=defaults["model_copies"],
-                        help="models per machine: one per GPU")
-    return parser
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):

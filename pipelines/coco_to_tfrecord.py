@@ -12,8 +12,6 @@ their image files a batch at a time. Categories (a few KB) are the only side inp
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,25 +25,11 @@ from pipelines.dataset_writer import (DEFAULT_SHARD_BYTES, ConvertFilesFn, Recor
                                       pixel_stats, prepare_output_dir, reject_image)
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
 from pipelines.storage import READ_AHEAD
+from segcli.coco import CocoConfig, make_parser
 from segformat import masks as mask_lib
 
 LOG = logging.getLogger(__name__)
 IMAGES, ANNOTATIONS, CATEGORIES = "images", "annotations", "categories"
-
-
-@dataclasses.dataclass(frozen=True)
-class CocoConfig:
-    images_root: str
-    # docs/datasets.md defaults: crowds become "ignore" so the model is never taught that a crowd of
-    # people is background, nor that it is one clean instance.
-    crowd: str = "ignore"
-    # Small objects on top, as in COCO-Stuff and most semantic conversions; "ignore" reproduces
-    # torchvision's reference recipe (overlaps are unlabelled).
-    overlap: str = "smaller_on_top"
-    split: str = "train"
-    # 0: no validation split; a user holding out part of a single JSON sets e.g. 0.05.
-    val_fraction: float = 0.0
-    max_image_pixels: int = image_checks.DEFAULT_MAX_PIXELS
 
 
 def split_for(image_id, val_fraction: float, split: str) -> str:
@@ -273,39 +257,17 @@ def parse_classes(value: str):
         return json.loads(handle.read())
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Flags not listed here go to Beam (e.g. --runner DataflowRunner --project P --region R "
-               "--temp_location gs://B/tmp --setup_file ./setup.py).")
-    parser.add_argument("--annotations", required=True, help="COCO instances JSON (local path or gs://)")
-    parser.add_argument("--images", required=True, help="folder the JSON's file_name values are relative to")
-    parser.add_argument("--output_dir", required=True, help="where shards, classes.json, stats.json go")
-    parser.add_argument("--classes", default="all", help="all | voc | CLASSES.json (category id or name -> index)")
-    parser.add_argument("--split", default="train", help="name of the main split (shard file prefix)")
-    parser.add_argument("--val_fraction", type=float, default=0.0,
-                        help="fraction of images (by a hash of the id) written as val-*.tfrecord")
-    parser.add_argument("--num_shards", type=int, default=0,
-                        help="shards per split; 0 (default): about 128 MB per shard")
-    parser.add_argument("--crowd", choices=mask_lib.CROWD_MODES, default="ignore")
-    parser.add_argument("--overlap", choices=mask_lib.OVERLAP_MODES, default="smaller_on_top")
-    parser.add_argument("--max_image_pixels", type=int, default=image_checks.DEFAULT_MAX_PIXELS,
-                        help="larger images are rejected as decompression bombs")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a dataset already in --output_dir (as a whole, once the new one is complete)")
-    return parser
-
-
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    if not 0.0 <= known.val_fraction < 1.0:
-        raise SystemExit("--val_fraction must be in [0, 1)")
     if not FileSystems.exists(known.annotations):
         raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
     if image_checks.same_folder(known.output_dir, known.images):
         raise SystemExit("coco_to_tfrecord: --output_dir is the --images folder; write the dataset elsewhere")
-    config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
-                        val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
+    try:
+        config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
+                            val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
+    except ValueError as e:
+        raise SystemExit(f"segpipe dataset coco: {e}") from None
     prepare_output_dir(known.output_dir, known.overwrite)
     description = {"command": "segpipe dataset coco", "options": vars(known)}
     started = time.time()

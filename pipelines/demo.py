@@ -8,27 +8,12 @@
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
 import sys
 import time
 
-
-@dataclasses.dataclass
-class DemoConfig:
-    num_images: int = 320  # enough scenes for the tiny FCN to pass 0.85 val mean IoU
-    num_holdout: int = 24  # unseen scenes for batch segmentation and the review queue
-    image_size: tuple = (192, 256)
-    mosaic_size: int = 4096  # the contract's "large GeoTIFF": 16.7 Mpx, tiled by batch_segment
-    epochs: int = 20
-    val_fraction: float = 0.1
-    tile_size: int = 512
-    seed: int = 2026
-
-
-QUICK = dict(num_images=24, num_holdout=3, mosaic_size=512, epochs=1)
+from segcli.demo import DemoConfig, config_from_args, make_parser
 
 
 def _stage(name: str):
@@ -79,17 +64,8 @@ def run_demo(output_dir: str, config: DemoConfig) -> dict:
 
 def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--quick", action="store_true", help="a tiny run of every stage (seconds, not minutes)")
-    for field in dataclasses.fields(DemoConfig):
-        if field.type in ("int", "float"):
-            parser.add_argument(f"--{field.name}", type=int if field.type == "int" else float, default=None)
-    args = parser.parse_args(argv)
-    values = dict(QUICK) if args.quick else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)
-                   if getattr(args, f.name, None) is not None})
-    return run_demo(args.output_dir, DemoConfig(**values))
+    args = make_parser().parse_args(argv)
+    return run_demo(args.output_dir, config_from_args(args))
 
 
 if __name__ == "__main__":

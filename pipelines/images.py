@@ -10,15 +10,13 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from segcli.limits import DEFAULT_MAX_PIXELS
+
 try:
     from isal import isal_zlib as _deflate
 except ImportError:  # a platform without isal wheels: the standard zlib, ~10x slower
     _deflate = zlib
 
-# Pillow's own decompression-bomb threshold (it warns above this and refuses above twice it).
-# We refuse above it: no real photo or label raster in this field needs ~90 megapixels in one
-# file, and a bomb of that size costs gigabytes once decoded.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 
 

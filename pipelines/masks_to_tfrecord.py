@@ -18,7 +18,6 @@ color, otherwise a mask with an unlisted color is rejected (a wrong mapping shou
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -36,6 +35,7 @@ from pipelines.dataset_writer import (ConvertFilesFn, RecordRef, WriteSegmentati
                                       prepare_output_dir, reject_image)
 from pipelines.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
 from pipelines.storage import READ_AHEAD
+from segcli.masks import make_parser
 from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -206,23 +206,6 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
     classes = p | "Classes" >> beam.Create([color_map.classes_json()])
     return ({"records": converted.records, "errors": errors, "stats": stats, "classes": classes}
             | WriteSegmentationDataset(output_dir, num_shards, description=description))
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Flags not listed here go to Beam.")
-    parser.add_argument("--images", required=True, help="glob of images (local or gs://)")
-    parser.add_argument("--masks", required=True, help="glob of label masks (PNG)")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--mask_colors", required=True, help="COLORS.json: mask color -> class index")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num_shards", type=int, default=0, help="0 (default): about 128 MB per shard")
-    parser.add_argument("--image_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for image stems")
-    parser.add_argument("--mask_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for mask stems")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a dataset already in --output_dir (as a whole, once the new one is complete)")
-    return parser
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):

@@ -11,7 +11,6 @@ GeoTIFF mask. Pictures are PNG files beside index.html, drawn with matplotlib.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import io
@@ -23,6 +22,7 @@ import sys
 import numpy as np
 
 from pipelines.palette import colorize, overlay, palette
+from segcli.report import make_parser
 from segformat.masks import IGNORE_INDEX
 
 LOG = logging.getLogger(__name__)
@@ -236,15 +236,7 @@ def build_report(output: str, dataset: str = "", model: str = "", metrics: str =
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="folder for index.html and its pictures")
-    parser.add_argument("--dataset", default="", help="dataset folder with stats.json")
-    parser.add_argument("--model", default="", help="MODEL folder (history.csv, classes.json, model.keras)")
-    parser.add_argument("--metrics", default="", help="metrics.json from segmodel.evaluate")
-    parser.add_argument("--segmentation", default="", help="batch_segment output folder")
-    parser.add_argument("--data", default="", help="TFRecords to draw validation samples from")
-    parser.add_argument("--samples", type=int, default=6)
-    args = parser.parse_args(argv)
+    args = make_parser().parse_args(argv)
     path = build_report(args.output, args.dataset, args.model, args.metrics, args.segmentation, args.data, args.samples)
     print(path)
     return path

@@ -4,12 +4,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
 import numpy as np
+
+from segcli.evaluate import make_parser
 
 LOG = logging.getLogger(__name__)
 
@@ -46,12 +47,7 @@ def evaluate(model, data: str, class_names=None, split: str = "val") -> dict:
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="MODEL dir (or a .keras file)")
-    parser.add_argument("--data", required=True, help="a dataset folder or a glob of TFRecord shards")
-    parser.add_argument("--split", default="val", help="the split of a dataset folder to score")
-    parser.add_argument("--output", default="metrics.json")
-    args = parser.parse_args(argv)
+    args = make_parser().parse_args(argv)
     import tensorflow as tf
     model, names = load_model(args.model)
     result = evaluate(model, args.data, names, args.split)

@@ -21,11 +21,11 @@ import warnings
 import keras
 from keras import layers
 
+from segcli.train import ARCHS
 from segmodel.layers import BilinearInitializer, ChannelsFirst, CropLike, Normalize, PadToMultiple
 from segmodel.preprocess import normalization_for
 
 LOG = logging.getLogger(__name__)
-ARCHS = ("fcn8s", "fcn16s", "fcn32s")
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 STRIDE = 32
 

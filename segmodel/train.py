@@ -12,45 +12,15 @@ machines. MODEL/ gets: ``backup/`` (every epoch; a re-run resumes from it after 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from segmodel.config import TrainConfig
+from segcli.train import config_from_args, make_parser
 
 LOG = logging.getLogger(__name__)
-
-
-def make_parser() -> argparse.ArgumentParser:
-    from segmodel.config import PRESETS, TrainConfig
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train_data", required=True,
-                        help="a dataset folder (its manifest's train split) or a glob of shards (local or gs://)")
-    parser.add_argument("--val_data", default="",
-                        help="a dataset folder (its val split) or a glob of shards; enables best-model selection")
-    parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--progress", type=int, choices=(0, 1, 2), default=1,
-                        help="Keras's progress output: 0 none, 1 a live bar (a terminal), 2 one line per epoch (logs)")
-    parser.add_argument("--config", choices=sorted(PRESETS), default="paper",
-                        help="preset of defaults; flags given explicitly override it")
-    for field in dataclasses.fields(TrainConfig):
-        kind = {"bool": lambda v: v.lower() in ("1", "true", "yes")}.get(field.type, None) or \
-            {"int": int, "float": float, "str": str}[field.type]
-        parser.add_argument(f"--{field.name}", type=kind, default=None, help=f"default {field.default!r}")
-    return parser
-
-
-def config_from_args(args) -> "TrainConfig":
-    from segmodel.config import PRESETS, TrainConfig
-    values = dict(PRESETS[args.config])
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                   if getattr(args, f.name) is not None})
-    return TrainConfig(**values)
 
 
 def make_strategy():

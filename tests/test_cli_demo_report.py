@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipelines import cli, demo, demo_data
+from pipelines import demo, demo_data
+from segcli import main as cli
 
 
 def test_segpipe_help_and_every_subcommand_help(capsys):
@@ -30,6 +31,58 @@ def test_segpipe_help_and_every_subcommand_help(capsys):
     if script.exists():  # the console script that setup.py installs
         out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "segpipe segment" in out.stdout
+
+
+def test_help_and_flag_errors_load_neither_tensorflow_nor_beam():
+    """``segpipe <command> --help`` and a bad flag are answered by segcli alone (what keeps them
+    well under a second: TensorFlow alone takes ~4 s to import here)."""
+    probe = ("import sys\nfrom segcli import main\nfor argv in {argvs!r}:\n"
+             "    try:\n        main.main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('tensorflow', 'keras', 'apache_beam', 'PIL') if m in sys.modules))")
+    argvs = [[*words, "--help"] for words in cli.COMMANDS] + [["segment", "--tile_size", "big"], ["train"]]
+    out = subprocess.run([sys.executable, "-c", probe.format(argvs=argvs)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-300:]
+
+
+def test_tensorflow_start_up_notices_are_hidden_unless_verbose(tmp_path):
+    """A command that loads TensorFlow prints only its own error line (TensorFlow's Abseil
+    notices are written before TF_CPP_MIN_LOG_LEVEL applies; segcli hides them at the fd)."""
+    argv = ["evaluate", "--model", str(tmp_path / "missing"), "--data", str(tmp_path)]
+    run = [sys.executable, "-m", "segcli.main"]
+    quiet = subprocess.run(run + argv, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 1
+    assert quiet.stderr.strip().splitlines() == [line for line in quiet.stderr.strip().splitlines()
+                                                 if line.startswith("segpipe evaluate: ")], quiet.stderr
+    loud = subprocess.run(run + ["--verbose"] + argv, capture_output=True, text=True, timeout=120)
+    assert loud.returncode != 0 and "Traceback" in loud.stderr
+
+
+def test_settings_are_keyword_only_and_validated_with_clear_messages():
+    from PIL import Image
+
+    from segcli.coco import CocoConfig
+    from segcli.limits import DEFAULT_MAX_PIXELS
+    from segcli.segment import SegmentConfig
+    from segcli.train import PRESETS, TrainConfig
+    assert DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS  # the transcription of Pillow's limit
+    with pytest.raises(TypeError):
+        CocoConfig("images")
+    with pytest.raises(TypeError):
+        SegmentConfig("m", "o", ("a",))
+    for make, message in (
+            (lambda: CocoConfig(images_root="i", crowd="keep"), "crowd must be one of"),
+            (lambda: CocoConfig(images_root="i", val_fraction=1.0), "val_fraction must be in [0, 1)"),
+            (lambda: CocoConfig(images_root="i", split="val", val_fraction=0.1), "other than 'val'"),
+            (lambda: SegmentConfig(model="m", output_dir="o", class_names=("a",), tile_size=512, tile_overlap=512),
+             "tile_overlap must be in [0, tile_size)"),
+            (lambda: TrainConfig(**{**PRESETS["tiny"], "arch": "fcn4s"}), "arch must be one of"),
+            (lambda: TrainConfig(min_scale=2.0, max_scale=0.5), "min_scale <= max_scale"),
+            (lambda: TrainConfig(image_size=16), "image_size must be at least 32")):
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            make()
+    assert CocoConfig(images_root="i").crowd == "ignore" and TrainConfig(**PRESETS["tiny"]).batch_norm
 
 
 def test_demo_data_is_deterministic_and_valid_coco(tmp_path):

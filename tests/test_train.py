@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from segmodel import evaluate, train
-from segmodel.config import PRESETS, TrainConfig
+from segcli.train import PRESETS, TrainConfig
 
 pytestmark = pytest.mark.slow  # trains, or uses the trained model (1-2 minutes)
 

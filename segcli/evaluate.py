@@ -1,0 +1,15 @@
+"""``segpipe evaluate``: the evaluation's command line (the scoring: ``segmodel.evaluate``)."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = "Score an exported model on segmentation TFRecords at full image size (no resize, no crop)."
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segpipe evaluate", description=DESCRIPTION)
+    parser.add_argument("--model", required=True, help="MODEL dir (or a .keras file)")
+    parser.add_argument("--data", required=True, help="a dataset folder or a glob of TFRecord shards")
+    parser.add_argument("--split", default="val", help="the split of a dataset folder to score")
+    parser.add_argument("--output", default="metrics.json")
+    return parser

@@ -1,0 +1,102 @@
+"""``segpipe``: one command line for every stage.
+
+    segpipe dataset coco  ...   COCO JSON + images -> TFRecords     (pipelines.coco_to_tfrecord)
+    segpipe dataset masks ...   image + mask pairs -> TFRecords     (pipelines.masks_to_tfrecord)
+    segpipe train ...           train an FCN                        (segmodel.train)
+    segpipe evaluate ...        metrics.json at full image size     (segmodel.evaluate)
+    segpipe segment ...         batch segmentation with Beam        (pipelines.batch_segment)
+    segpipe report ...          static HTML report                  (pipelines.report)
+    segpipe demo ...            everything on built-in data         (pipelines.demo)
+
+``segpipe <command> --help`` shows each command's flags; flags a Beam job does not know go to
+Beam (``--runner DataflowRunner --project ...``). ``segpipe --verbose <command> ...`` also shows
+TensorFlow's C++ log lines (hidden by default: start-up chatter about CPU instructions and CUDA)
+and the traceback of an error (by default: one line on stderr and exit status 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+
+# command words -> (flags module in segcli, job module, its entry point, unknown flags go to Beam,
+# the job loads TensorFlow)
+COMMANDS = {
+    ("dataset", "coco"): ("segcli.coco", "pipelines.coco_to_tfrecord", "run", True, False),
+    ("dataset", "masks"): ("segcli.masks", "pipelines.masks_to_tfrecord", "run", True, False),
+    ("train",): ("segcli.train", "segmodel.train", "main", False, True),
+    ("evaluate",): ("segcli.evaluate", "segmodel.evaluate", "main", False, True),
+    ("segment",): ("segcli.segment", "pipelines.batch_segment", "run", True, True),
+    ("report",): ("segcli.report", "pipelines.report", "main", False, True),
+    ("demo",): ("segcli.demo", "pipelines.demo", "main", False, True),
+}
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(enabled: bool):
+    """File descriptor 2 pointed at /dev/null while TensorFlow's shared libraries load.
+
+    TensorFlow logs through Abseil, and Abseil writes every message logged before
+    ``absl::InitializeLog()`` to stderr whatever TF_CPP_MIN_LOG_LEVEL says (abseil-cpp PR #1957,
+    open), so the oneDNN/CUDA notices can only be hidden at the file descriptor. Python
+    exceptions are unaffected: they are printed after the descriptor is restored.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] == "--verbose"
+    if verbose:
+        argv = argv[1:]
+    # Read by TensorFlow's C++ logging once it is initialised: 3 hides its INFO/WARNING/ERROR
+    # lines, 0 shows them all.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
+    for words, (flags_module, module, function, beam_flags, uses_tf) in COMMANDS.items():
+        if tuple(argv[:len(words)]) != words:
+            continue
+        rest = argv[len(words):]
+        # The flags are checked (and --help answered) before TensorFlow or Beam load: a typo
+        # costs a fraction of a second, not five.
+        parser = importlib.import_module(flags_module).make_parser()
+        (parser.parse_known_args if beam_flags else parser.parse_args)(rest)
+        import logging
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        command = "segpipe " + " ".join(words)
+        sys.argv[0] = command
+        try:
+            with quiet_native_stderr(not verbose):
+                if uses_tf:  # loaded here so that its start-up notices stay hidden
+                    importlib.import_module("tensorflow")
+                entry = getattr(importlib.import_module(module), function)
+            entry(rest)
+        except (OSError, ValueError, KeyError) as error:
+            # A missing file, an unreadable model folder, a malformed document: one line, no
+            # traceback (--verbose shows it). Bad flags already exited through argparse.
+            if verbose:
+                raise
+            print(f"{command}: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
+        return 0
+    print(__doc__.strip())
+    if argv and argv[0] not in ("-h", "--help", "help"):
+        print(f"\nsegpipe: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
