@@ -169,7 +169,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.input, config)
-    return run_and_summarize(p, "batch_segment", started, require=("images_segmented", "images_skipped"))
+    return run_and_summarize(p, "batch_segment", started, require=("images_segmented", "images_skipped"), output_dir=known.output_dir)
 
 
 if __name__ == "__main__":

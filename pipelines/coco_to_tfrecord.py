@@ -274,7 +274,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards,
                    description=description)
-    return run_and_summarize(p, "coco_to_tfrecord", started, require=("images_written",))
+    return run_and_summarize(p, "coco_to_tfrecord", started, require=("images_written",), output_dir=known.output_dir)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.runner import ERRORS, STATS, Progress, count, error_record
-from pipelines.storage import ReadAhead, commit_temp, temp_name, write_json
+from pipelines.storage import ReadAhead, commit_temp, temp_name, write_json, writing
 from segformat.masks import IGNORE_INDEX
 
 LOG = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class WriteShardFn(beam.DoFn):
         # Sorted by source id: the same inputs give byte-identical shards on every run.
         refs = [ref for _, ref in sorted((r for r in refs if r is not None), key=lambda r: r[0])]
         checksum, size, examples = google_crc32c.Checksum(), 0, 0
-        with FileSystems.create(temp) as handle:
+        with writing(path, temp), FileSystems.create(temp) as handle:
             for ref, (data, error) in zip(refs, self.reader.read(ref.path for ref in refs)):
                 detail = "the file changed between validation and writing"
                 if error is not None:  # deleted during the job

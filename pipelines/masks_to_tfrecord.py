@@ -225,7 +225,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.images, known.masks, color_map, known.output_dir, known.split, known.num_shards,
                    known.image_key_regex, known.mask_key_regex, description)
-    return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",))
+    return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",), output_dir=known.output_dir)
 
 
 if __name__ == "__main__":

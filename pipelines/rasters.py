@@ -67,7 +67,10 @@ def open_raster(path: str):
     import rasterio
     limit_gdal_cache()
     if "://" in path:
-        return rasterio.open(path, opener=_beam_opener)
+        # EMPTY_DIR: GDAL does not list the "folder" or probe for side-car files (.msk, .aux.xml,
+        # .ovr) of a remote raster: each probe would be a failed object request.
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            return rasterio.open(path, opener=_beam_opener)
     return rasterio.open(path)
 
 
@@ -136,6 +139,15 @@ def write_plain_tiff(local: str, mask: np.ndarray) -> None:
         with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=1,
                            dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
             dst.write(mask[None])
+
+
+def open_part(path: str):
+    """A chunk's part file (written by write_plain_tiff, so it has no georeferencing by design)."""
+    import warnings
+    from rasterio.errors import NotGeoreferencedWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return open_raster(path)
 
 
 def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> str:

@@ -69,15 +69,26 @@ class Progress:
                      self.done / max(now - self.started, 1e-9))
 
 
-def run_and_summarize(p: beam.Pipeline, job: str, started: float, require=()):
+def run_and_summarize(p: beam.Pipeline, job: str, started: float, require=(), output_dir: str = ""):
     """Runs the pipeline to the end and prints the job's one-line summary; returns the result.
 
     ``require``: counters of which at least one must be above zero when the run finished (a run
     that wrote nothing, because every input was rejected or none matched, is a failure with one
     clear line, not an empty output that looks like a success). Not checked for runs that only
-    build a job (templates, dry runs) and so have no counters."""
-    result = p.run()
-    result.wait_until_finish()
+    build a job (templates, dry runs) and so have no counters. A storage failure in one of Beam's
+    own writers (whose errors name no object) is reported with ``output_dir`` and the step."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as error:
+        from pipelines.storage import StorageError, is_storage_failure
+        causes, cause = [], error
+        while cause is not None:
+            causes.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if output_dir and "://" not in str(error) and any(is_storage_failure(c) for c in causes):
+            raise StorageError(f"could not write under {output_dir}: {error}") from error
+        raise
     counters = log_summary(job, result, started)
     options = p.options.get_all_options()
     built_only = bool(options.get("template_location") or options.get("dry_run"))

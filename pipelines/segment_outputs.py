@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import palette, rasters
 from pipelines.chunks import Chunk
 from pipelines.runner import error_record
-from pipelines.storage import commit_temp, temp_name, upload_atomic, write_atomic
+from pipelines.storage import commit_temp, temp_name, upload_atomic, write_atomic, writing
 from segformat.masks import IGNORE_INDEX
 from segmodel import tiling
 
@@ -165,7 +165,7 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
 def _merged_bands(info, parts):
     """(row, 0, uint8 [rows, width]) bands of MERGE_ROWS rows, each assembled from the parts it crosses."""
     from rasterio.windows import Window
-    opened = [(p["core"], rasters.open_raster(p["path"])) for p in parts]
+    opened = [(p["core"], rasters.open_part(p["path"])) for p in parts]
     try:
         for top in range(0, info.height, MERGE_ROWS):
             bottom = min(info.height, top + MERGE_ROWS)
@@ -262,7 +262,8 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                 first_ann = False
         categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(class_names) if i > 0]
         temp = temp_name(f"{output_dir}/labels_coco.json")
-        with FileSystems.create(temp, mime_type="application/json") as out:
+        with writing(f"{output_dir}/labels_coco.json", temp), \
+                FileSystems.create(temp, mime_type="application/json") as out:
             out.write(json.dumps({"description": "segpipe machine labels"}).join(
                 ['{"info": ', f', "licenses": [], "categories": {json.dumps(categories)}, "images": [\n']).encode())
             for part, closing in ((images_part, '\n], "annotations": [\n'), (anns_part, "\n]}\n")):

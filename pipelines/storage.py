@@ -3,6 +3,7 @@ thread pool, and writes that no reader ever sees half done (a temporary name, th
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -66,6 +67,31 @@ class ReadAhead:
             yield result
 
 
+class StorageError(OSError):
+    """A write that failed for good (the storage client's own retries spent), naming the object."""
+
+
+def is_storage_failure(error: BaseException) -> bool:
+    """OSError (local files, Beam's BeamIOError) or an error of Google's storage clients."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "google"
+
+
+@contextlib.contextmanager
+def writing(path: str, temp: str | None = None):
+    """Names ``path`` in a storage failure of the block, and removes the block's temporary file
+    ``temp`` (best effort) so that no partial file stays behind."""
+    try:
+        yield
+    except Exception as error:
+        if temp is not None:
+            with contextlib.suppress(Exception):
+                if FileSystems.exists(temp):
+                    FileSystems.delete([temp])
+        if isinstance(error, StorageError) or not is_storage_failure(error):
+            raise
+        raise StorageError(f"could not write {path}: {type(error).__name__}: {error}") from error
+
+
 def temp_name(path: str) -> str:
     """A unique sibling of ``path`` to write before ``commit_temp`` moves it into place."""
     return f"{path}.tmp-{uuid.uuid4().hex}"
@@ -73,14 +99,15 @@ def temp_name(path: str) -> str:
 
 def commit_temp(temp: str, path: str) -> None:
     """Moves a fully written temporary file over ``path`` (replacing it): no reader sees half a file."""
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temp], [path])
+    with writing(path, temp):
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([temp], [path])
 
 
 def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
     temp = temp_name(path)
-    with FileSystems.create(temp, mime_type=mime_type) as handle:
+    with writing(path, temp), FileSystems.create(temp, mime_type=mime_type) as handle:
         handle.write(data)
     commit_temp(temp, path)
 
@@ -92,6 +119,6 @@ def write_json(path: str, obj) -> None:
 def upload_atomic(local: str, path: str, mime_type: str = "application/octet-stream") -> None:
     """Copies a finished local file to ``path`` (any filesystem) atomically."""
     temp = temp_name(path)
-    with open(local, "rb") as src, FileSystems.create(temp, mime_type=mime_type) as dst:
+    with writing(path, temp), open(local, "rb") as src, FileSystems.create(temp, mime_type=mime_type) as dst:
         shutil.copyfileobj(src, dst, 16 << 20)
     commit_temp(temp, path)

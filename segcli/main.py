@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import sys
+import urllib.parse
 
 # command words -> (flags module in segcli, job module, its entry point, unknown flags go to Beam,
 # the job loads TensorFlow)
@@ -31,6 +33,25 @@ COMMANDS = {
     ("report",): ("segcli.report", "pipelines.report", "main", False, True),
     ("demo",): ("segcli.demo", "pipelines.demo", "main", False, True),
 }
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Errors a user fixes (a path, a document, a bucket that keeps failing), told in one line:
+    OSError (Beam's BeamIOError is one), ValueError, KeyError, and the Google API client's errors
+    (what gs:// raises once its retries are spent), also when a Beam runner re-raised one of them
+    from a worker as a RuntimeError."""
+    while error is not None:
+        if isinstance(error, (OSError, ValueError, KeyError)) or any(
+                cls.__module__.startswith("google.") for cls in type(error).__mro__[:-2]):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def readable(message: str) -> str:
+    """The JSON API's object URLs in a client error written as the gs:// paths a user knows."""
+    return re.sub(r"\S*/storage/v1/b/([^/\s]+)/o/([^?\s:]+)\S*",
+                  lambda m: f"gs://{m[1]}/{urllib.parse.unquote(m[2])}", message)
 
 
 @contextlib.contextmanager
@@ -83,12 +104,13 @@ def main(argv=None) -> int:
                     importlib.import_module("tensorflow")
                 entry = getattr(importlib.import_module(module), function)
             entry(rest)
-        except (OSError, ValueError, KeyError) as error:
-            # A missing file, an unreadable model folder, a malformed document: one line, no
-            # traceback (--verbose shows it). Bad flags already exited through argparse.
-            if verbose:
+        except Exception as error:
+            # A missing file, an unreadable model folder, a malformed document, storage that keeps
+            # failing: one line, no traceback (--verbose shows it). Bad flags already exited
+            # through argparse.
+            if verbose or not is_user_error(error):
                 raise
-            print(f"{command}: {type(error).__name__}: {error}", file=sys.stderr)
+            print(f"{command}: {type(error).__name__}: {readable(str(error))}", file=sys.stderr)
             return 1
         return 0
     print(__doc__.strip())

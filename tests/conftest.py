@@ -33,29 +33,48 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def gcs_bucket():
-    """A real GCS emulator on 127.0.0.1 with one bucket; yields the bucket name.
+def gcs_server():
+    """A real GCS emulator on 127.0.0.1 with one bucket, reached through a fault-injecting proxy
+    (tests/fault_proxy.py; no faults unless a test configures them): (bucket name, proxy).
 
-    STORAGE_EMULATOR_HOST is set before pipelines is imported by the tests that use it, so both
-    google-cloud-storage and Beam's gs:// filesystem talk to the emulator.
+    STORAGE_EMULATOR_HOST names the proxy, so both google-cloud-storage and Beam's gs://
+    filesystem talk to the emulator through it.
     """
     from gcp_storage_emulator.server import create_server
     import logging
+
+    from tests.fault_proxy import FaultProxy
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
     port = _free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="segpipe-test")
     server.start()
+    proxy = FaultProxy(port).start()
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{proxy.port}"
     _skip_credential_lookup()
     try:
-        yield "segpipe-test"
+        yield "segpipe-test", proxy
     finally:
+        proxy.stop()
         server.stop()
         if previous is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(gcs_server):
+    """The emulator's bucket name (see gcs_server)."""
+    return gcs_server[0]
+
+
+@pytest.fixture
+def storage_faults(gcs_server):
+    """The proxy in front of the emulator, for a test to inject faults; healthy again afterwards."""
+    proxy = gcs_server[1]
+    yield proxy
+    proxy.configure(0.0)
 
 
 def _skip_credential_lookup():

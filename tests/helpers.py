@@ -87,3 +87,24 @@ def training_crop(image, mask, crop_size, min_scale=0.5, max_scale=2.0, jitter=1
     return preprocess.resample_window(image[start[0]:stop[0], start[1]:stop[1]], mask[start[0]:stop[0], start[1]:stop[1]],
                                       window, crop_size[0], crop_size[1], jitter=jitter,
                                       uniform=uniform[preprocess.WINDOW_DRAWS:])
+
+
+POINTWISE_NAMES = ["background", "road", "building", "water"]
+
+
+def make_pointwise_model(model_dir: Path):
+    """A position-independent model (1x1 convolutions only) with the exported model's interface,
+    exported into model_dir with its classes.json: (model_dir, model)."""
+    import keras
+
+    from segmodel import fcn, layers
+    images = keras.Input((None, None, 3))
+    x = layers.Normalize("imagenet")(images)
+    x = keras.layers.Conv2D(16, 1, activation="relu", kernel_initializer=keras.initializers.RandomNormal(seed=1))(x)
+    scores = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.RandomNormal(seed=2),
+                                 bias_initializer=keras.initializers.Constant([0.5, 0.0, 0.0, 0.0]))(x)
+    model = keras.Model(images, scores)
+    fcn.export_model(model, str(model_dir / "model.keras"))
+    (model_dir / "classes.json").write_text(json.dumps(
+        {"ignore_index": 255, "classes": [{"index": i, "name": n} for i, n in enumerate(POINTWISE_NAMES)]}))
+    return model_dir, model

@@ -11,25 +11,12 @@ from pycocotools.coco import COCO
 import segmodel  # noqa: F401
 from pipelines import batch_segment, coco_to_tfrecord, palette
 from segmodel import fcn, layers, tiling
-from tests.helpers import dataflow_args, read_records, staged_pipeline_transforms, upload_tree
-
-NAMES = ["background", "road", "building", "water"]
-
+from tests.helpers import (POINTWISE_NAMES as NAMES, dataflow_args, make_pointwise_model, read_records,
+                           staged_pipeline_transforms, upload_tree)
 
 @pytest.fixture(scope="module")
 def pointwise_model(tmp_path_factory):
-    """A position-independent model (1x1 convolutions only) with the exported model's interface."""
-    model_dir = tmp_path_factory.mktemp("pointwise")
-    images = keras.Input((None, None, 3))
-    x = layers.Normalize("imagenet")(images)
-    x = keras.layers.Conv2D(16, 1, activation="relu", kernel_initializer=keras.initializers.RandomNormal(seed=1))(x)
-    scores = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.RandomNormal(seed=2),
-                                 bias_initializer=keras.initializers.Constant([0.5, 0.0, 0.0, 0.0]))(x)
-    model = keras.Model(images, scores)
-    fcn.export_model(model, str(model_dir / "model.keras"))
-    (model_dir / "classes.json").write_text(json.dumps(
-        {"ignore_index": 255, "classes": [{"index": i, "name": n} for i, n in enumerate(NAMES)]}))
-    return model_dir, model
+    return make_pointwise_model(tmp_path_factory.mktemp("pointwise"))
 
 
 def random_image(path, h, w, seed):

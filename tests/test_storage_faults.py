@@ -1,0 +1,150 @@
+"""Object-store faults: every job over gs:// (through tests/fault_proxy.py in front of the GCS
+emulator) finishes with the same outputs when 10 % of its requests fail (HTTP 429 and 503, reset
+connections, delays), and stops with a clear error naming the object, leaving nothing
+half-written, when every request fails."""
+import collections
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from tests.helpers import make_pointwise_model, upload_tree
+
+pytestmark = pytest.mark.slow  # about a minute: three jobs run twice each over the emulator
+
+KITTI_COLORS = {"classes": ["not_road", "road"],
+                "colors": [{"color": [255, 0, 255], "index": 1}, {"color": [255, 0, 0], "index": 0},
+                           {"color": [0, 0, 0], "index": 255}]}
+KITTI_KEYS = ["--image_key_regex", r"^(.+)_(\d+)$", "--mask_key_regex", r"^(.+)_road_(\d+)$"]
+RATE = 0.10
+SEEDS = {"coco": 1, "masks": 2, "segment": 3}
+
+
+def tree(prefix: str) -> dict:
+    """Every object under prefix: relative name -> bytes (what a reader of the output sees)."""
+    from apache_beam.io.filesystems import FileSystems
+    found = {}
+    for meta in FileSystems.match([f"{prefix}/**"])[0].metadata_list:
+        with FileSystems.open(meta.path) as handle:
+            found[meta.path[len(prefix) + 1:]] = handle.read()
+    return found
+
+
+def remove(prefix: str):
+    from apache_beam.io.filesystems import FileSystems
+    paths = [m.path for m in FileSystems.match([f"{prefix}/**"])[0].metadata_list]
+    if paths:
+        FileSystems.delete(paths)
+
+
+@pytest.fixture(scope="module")
+def remote_inputs(tmp_path_factory, testdata, gcs_bucket):
+    """The three jobs' inputs on gs://: COCO photos + JSON, KITTI pairs, a model + photos + a GeoTIFF."""
+    local = tmp_path_factory.mktemp("fault_inputs")
+    prefix = f"gs://{gcs_bucket}/faults"
+    upload_tree(testdata / "coco_person_val2017", f"{prefix}/coco")
+    upload_tree(testdata / "kitti_road", f"{prefix}/kitti")
+    (local / "colors.json").write_text(json.dumps(KITTI_COLORS))
+    model_dir, _ = make_pointwise_model(local)
+    upload_tree(model_dir, f"{prefix}/model")
+    rng = np.random.default_rng(0)
+    photos = local / "photos"
+    photos.mkdir()
+    from PIL import Image
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    with rasterio.open(photos / "scene.tif", "w", driver="GTiff", width=90, height=70, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10), tiled=True,
+                       blockxsize=16, blockysize=16) as dst:
+        dst.write(rng.integers(0, 256, (3, 70, 90), dtype=np.uint8))
+    upload_tree(photos, f"{prefix}/photos")
+    return prefix, local
+
+
+def run_job(job: str, prefix: str, local, out: str) -> dict:
+    """Runs the job; its counters, after checking that every input was written."""
+    result = _run_job(job, prefix, local, out)
+    counters = collections.Counter()
+    for counter in result.metrics().query()["counters"]:  # one per step that counts
+        counters[counter.key.metric.name] += counter.committed
+    assert not [name for name in counters if "rejected" in name or "failed" in name], counters
+    assert counters[{"coco": "images_written", "masks": "images_written", "segment": "images_segmented"}[job]] \
+        == {"coco": 4, "masks": 3, "segment": 4}[job], counters
+    return counters
+
+
+def _run_job(job: str, prefix: str, local, out: str):
+    from pipelines import batch_segment, coco_to_tfrecord, masks_to_tfrecord
+    if job == "coco":
+        return coco_to_tfrecord.run(["--annotations", f"{prefix}/coco/annotations/test_coco.json",
+                                     "--images", f"{prefix}/coco/images", "--output_dir", out])
+    if job == "masks":
+        return masks_to_tfrecord.run(["--images", f"{prefix}/kitti/image_2/*.png", "--masks",
+                                      f"{prefix}/kitti/gt_image_2/*.png", "--mask_colors", str(local / "colors.json"),
+                                      "--output_dir", out, *KITTI_KEYS])
+    return batch_segment.run(["--model", f"{prefix}/model", "--input", f"{prefix}/photos/*", "--output_dir", out,
+                              "--tile_size", "32", "--chunk_size", "32"])
+
+
+@pytest.mark.parametrize("job", ["coco", "masks", "segment"])
+def test_a_job_gives_the_same_outputs_when_ten_percent_of_requests_fail(job, remote_inputs, storage_faults):
+    prefix, local = remote_inputs
+    out = f"{prefix}/out-{job}"
+    run_job(job, prefix, local, out)
+    reference = tree(out)
+    assert reference and not any(".tmp-" in name or "staging" in name for name in reference)
+    remove(out)
+    storage_faults.configure(RATE, seed=SEEDS[job])
+    run_job(job, prefix, local, out)
+    injected = dict(storage_faults.faults)
+    storage_faults.configure(0.0)
+    assert sum(injected.values()) >= 3, injected  # the run really met faults
+    again = tree(out)
+    assert sorted(again) == sorted(reference)
+    different = [name for name in reference if again[name] != reference[name]]
+    assert not different, (different, injected)
+    print(f"{job}: {sum(injected.values())} faults injected {injected}, outputs identical")
+
+
+@pytest.fixture
+def patient_for_seconds(monkeypatch):
+    """Beam's gs:// client retries a failing request for 120 s before it gives up; the same policy
+    with a 2 s deadline keeps the permanent-failure tests short."""
+    from apache_beam.io.gcp import gcsio, gcsio_retry
+    monkeypatch.setattr(gcsio_retry, "get_retry",
+                        lambda options: gcsio_retry.DEFAULT_RETRY_WITH_THROTTLING_COUNTER.with_timeout(2))
+    monkeypatch.setattr(gcsio, "DEFAULT_RETRY", gcsio.DEFAULT_RETRY.with_timeout(2))
+
+
+@pytest.mark.parametrize("job, failing", [("coco", "every request"), ("coco", "every write"),
+                                          ("segment", "every write")])
+def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_object(
+        job, failing, remote_inputs, storage_faults, patient_for_seconds, capsys):
+    from segcli import main
+    prefix, local = remote_inputs
+    out = f"{prefix}/dead-{job}-{failing.split()[1]}"
+    argv = {"coco": ["dataset", "coco", "--annotations", f"{prefix}/coco/annotations/test_coco.json",
+                     "--images", f"{prefix}/coco/images", "--output_dir", out],
+            "segment": ["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
+                        "--output_dir", out, "--tile_size", "32", "--chunk_size", "32"]}[job]
+    writes = lambda method, path: method in ("POST", "PUT", "PATCH", "DELETE")
+    storage_faults.configure(1.0, only=None if failing == "every request" else writes, kinds=("503", "429", "reset"))
+    try:
+        status = main.main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    injected = sum(storage_faults.faults.values())
+    storage_faults.configure(0.0)
+    err = capsys.readouterr().err
+    assert injected and status == 1 and "Traceback" not in err, err[-2000:]
+    line = [line for line in err.splitlines() if line.startswith("segpipe ")][-1]
+    # the object (an input that cannot be read, an output that cannot be written), or for a
+    # failure inside one of Beam's own writers, the output folder and the step
+    named = {"every request": f"{prefix}/coco/annotations/test_coco.json",
+             "every write": f"could not write {out}/" if job == "coco" else f"could not write under {out}"}[failing]
+    assert named in line, line
+    left = tree(out)  # nothing half-written: no manifest, no temporary or partial object
+    assert "dataset.json" not in left and not any(".tmp-" in name or "staging" in name for name in left), sorted(left)
+    print(f"{job}, {failing} failing: {line[:160]}...; left behind: {sorted(left)}")
