@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     # Intel ISA-L deflate for the mask PNGs: ~10x zlib's speed at level 1 with smaller output
     # (0.03 vs 0.34 ms per 640x480 mask); any zlib reader decodes it.
     "isal>=1.6,<2",
+    # libjpeg-turbo with its warnings as errors: a JPEG whose coded data ends early passes
+    # Pillow (which fills the rest grey) but stops TensorFlow's decoder in the trainer; the
+    # dataset jobs check JPEGs with it (found by tests/test_fuzz.py).
+    "simplejpeg>=1.7,<2",
 ]
 
 setuptools.setup(

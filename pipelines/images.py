@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import struct
 import warnings
 import zlib
@@ -41,20 +42,72 @@ def join_under_root(root: str, relative: str) -> str:
     if ".." in parts:
         raise ImageError("path_escapes_root", f"file_name {relative!r} contains '..'")
     joined = root.rstrip("/") + "/" + posixpath.normpath("/".join(parts)).lstrip("/")
-    if "://" not in root:
-        import os
-        real_root = os.path.realpath(root)
-        if os.path.commonpath([real_root, os.path.realpath(joined)]) != real_root:
-            raise ImageError("path_escapes_root", f"file_name {relative!r} is a link to a file outside {root}")
+    ensure_inside(joined, root, f"file_name {relative!r}")
     return joined
+
+
+def ensure_inside(path: str, root: str, what: str = "") -> None:
+    """On a local disk, refuses a path that leads through a symbolic link to a file outside
+    ``root`` (object stores have no links)."""
+    if "://" in root or "://" in path:
+        return
+    import os
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise ImageError("path_escapes_root", f"{what or path} is a link to a file outside {root}")
+
+
+# libjpeg's warning about junk between the last coded data and the end-of-image marker (some
+# cameras and editors write it): the pixels are whole, and TensorFlow's decoder reads such files.
+# Every other warning (data segment ended early, bad Huffman code, premature end of file, junk
+# inside the headers) means damaged pixels or headers, which TensorFlow may refuse mid-training.
+HARMLESS_JPEG_WARNING = re.compile(r"extraneous bytes before marker 0xd9$")
+
+
+def check_jpeg_data(data: bytes) -> bool:
+    """Decodes a JPEG at 1/8 scale (every coded byte is still read) with libjpeg-turbo's warnings
+    as errors. True when it decoded; False when libjpeg-turbo cannot convert its colour space
+    (CMYK: Pillow checks it instead); raises ImageError("corrupt_image") on damaged data."""
+    import simplejpeg
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1, min_factor=8)
+        return True
+    except ValueError as error:
+        message = str(error)
+        if HARMLESS_JPEG_WARNING.search(message):
+            return True
+        if "color conversion" in message.lower() or "colorspace" in message.lower():
+            return False
+        reason = "truncated_image" if "premature end of jpeg file" in message.lower() else "corrupt_image"
+        raise ImageError(reason, message) from None
+
+
+def check_png_chunks(data: bytes) -> None:
+    """Verifies the CRC-32 of every PNG chunk. Pillow does not check the image data chunks'
+    CRCs (and stops inflating once it has its rows), so a flipped bit there passes Pillow but
+    stops libpng, the decoder TensorFlow uses in the trainer (found by tests/test_fuzz.py)."""
+    offset = 8
+    while offset + 12 <= len(data):
+        length = struct.unpack(">I", data[offset:offset + 4])[0]
+        end = offset + 12 + length
+        if end > len(data):
+            raise ImageError("truncated_image", f"PNG chunk at byte {offset} runs past the end of the file")
+        kind = data[offset + 4:offset + 8]
+        if zlib.crc32(data[offset + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise ImageError("corrupt_image", f"PNG {kind.decode('latin-1')!r} chunk at byte {offset} fails its CRC")
+        if kind == b"IEND":
+            return
+        offset = end
+    raise ImageError("truncated_image", "PNG without its IEND chunk")
 
 
 def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Checks that ``data`` is a complete JPEG or PNG; returns (format, height, width).
 
     The whole file is decoded (JPEGs at 1/8 scale in the DCT domain, which is ~10x cheaper and
-    still reads every byte), so truncated and corrupt files are caught here rather than in the
-    trainer. The size check happens on the header, before any pixel is decoded.
+    still reads every byte, with libjpeg-turbo's warnings as errors), so truncated and corrupt
+    files are caught here rather than in the trainer. The size check happens on the header,
+    before any pixel is decoded.
     """
     if not data:
         raise ImageError("empty_file")
@@ -69,6 +122,10 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
             fmt = SUPPORTED_FORMATS.get(image.format)
             if fmt is None:
                 raise ImageError("unsupported_format", f"{image.format} (JPEG and PNG are supported)")
+            if fmt == "jpeg" and check_jpeg_data(data):
+                return fmt, height, width
+            if fmt == "png":
+                check_png_chunks(data)
             if fmt == "jpeg":
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             image.load()

@@ -133,8 +133,9 @@ class PairExampleFn(ConvertFilesFn):
     progress_label = "masks_to_tfrecord pairs"
 
     def __init__(self, color_map: ColorMap, split: str, images_root: str,
-                 max_pixels: int = image_checks.DEFAULT_MAX_PIXELS):
+                 max_pixels: int = image_checks.DEFAULT_MAX_PIXELS, masks_root: str | None = None):
         self.color_map, self.split, self.images_root, self.max_pixels = color_map, split, images_root, max_pixels
+        self.masks_root = masks_root
 
     def process(self, batch):
         yield from self.convert_batch(batch)
@@ -144,6 +145,12 @@ class PairExampleFn(ConvertFilesFn):
         key, grouped = element
         image_paths, mask_paths = sorted(grouped[IMAGE]), sorted(grouped[MASK])
         if len(image_paths) == 1 and len(mask_paths) == 1:
+            try:  # a symbolic link in an input folder that leads out of it is not an input
+                image_checks.ensure_inside(image_paths[0], self.images_root)
+                if self.masks_root is not None:
+                    image_checks.ensure_inside(mask_paths[0], self.masks_root)
+            except image_checks.ImageError as e:
+                return key, None, list(reject_image(f"{image_paths[0]} + {mask_paths[0]}", e.reason, e.detail))
             return key, (image_paths[0], mask_paths[0]), []
         if not image_paths:
             reason, source = "mask_without_image", mask_paths[0]
@@ -199,7 +206,8 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
                  | "PairByKey" >> beam.CoGroupByKey()
                  | "Batch" >> beam.BatchElements(min_batch_size=READ_AHEAD // 2, max_batch_size=READ_AHEAD // 2)
                  | "BuildExamples" >> beam.ParDo(
-                     PairExampleFn(color_map, split, image_checks.glob_root(images_glob))).with_outputs(
+                     PairExampleFn(color_map, split, image_checks.glob_root(images_glob),
+                                   masks_root=image_checks.glob_root(masks_glob))).with_outputs(
                          ERRORS, STATS, main="records"))
     errors = (images[ERRORS], masks[ERRORS], converted[ERRORS]) | "AllErrors" >> beam.Flatten()
     stats = (images[STATS], masks[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()

@@ -35,14 +35,19 @@ COMMANDS = {
 }
 
 
+USER_ERROR_MODULES = (
+    "google.",  # the Google API clients: what gs:// raises once its retries are spent
+    "tensorflow.python.framework.errors_impl",  # TensorFlow's file and data errors (NotFound, ...)
+)
+
+
 def is_user_error(error: BaseException) -> bool:
     """Errors a user fixes (a path, a document, a bucket that keeps failing), told in one line:
-    OSError (Beam's BeamIOError is one), ValueError, KeyError, and the Google API client's errors
-    (what gs:// raises once its retries are spent), also when a Beam runner re-raised one of them
-    from a worker as a RuntimeError."""
+    OSError (Beam's BeamIOError is one), ValueError, KeyError, the Google API clients' and
+    TensorFlow's errors, also when a Beam runner re-raised one of them as a RuntimeError."""
     while error is not None:
         if isinstance(error, (OSError, ValueError, KeyError)) or any(
-                cls.__module__.startswith("google.") for cls in type(error).__mro__[:-2]):
+                cls.__module__.startswith(USER_ERROR_MODULES) for cls in type(error).__mro__[:-2]):
             return True
         error = error.__cause__ or error.__context__
     return False

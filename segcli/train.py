@@ -88,11 +88,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segpipe train", description=DESCRIPTION,
                                      epilog="Every TrainConfig field is a flag; --config picks the preset "
                                             "the unset ones come from (docs/model.md).")
-    parser.add_argument("--train_data", required=True,
+    parser.add_argument("--train_data", required=True, type=location,
                         help="a dataset folder (its manifest's train split) or a glob of shards (local or gs://)")
     parser.add_argument("--val_data", default="",
                         help="a dataset folder (its val split) or a glob of shards; enables best-model selection")
-    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--model_dir", required=True, type=location)
     parser.add_argument("--progress", type=int, choices=(0, 1, 2), default=1,
                         help="Keras's progress output: 0 none, 1 a live bar (a terminal), 2 one line per epoch (logs)")
     parser.add_argument("--config", choices=sorted(PRESETS), default="paper",
@@ -102,6 +102,13 @@ def make_parser() -> argparse.ArgumentParser:
             {"int": int, "float": float, "str": str}[field.type]
         parser.add_argument(f"--{field.name}", type=kind, default=None, help=f"default {field.default!r}")
     return parser
+
+
+def location(value: str) -> str:
+    """A flag naming a file, folder or glob: not empty, not a bare scheme such as ``gs://``."""
+    if not value.strip() or value.rstrip("/").endswith(":/") or value.endswith(":"):
+        raise argparse.ArgumentTypeError(f"{value!r} names no file or folder")
+    return value
 
 
 def config_from_args(args) -> TrainConfig:

@@ -129,3 +129,19 @@ def test_an_output_folder_the_input_globs_would_read_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="lies where .* matches"):
         masks_to_tfrecord.run(["--images", f"{tmp_path}/**", "--masks", f"{tmp_path}/gt/*.png",
                                "--output_dir", str(tmp_path / "dataset"), "--mask_colors", str(colors)])
+
+
+def test_a_pair_whose_file_is_a_link_out_of_its_folder_is_refused(tmp_path, testdata):
+    """A symbolic link in the images or masks folder that leads outside it: an error record
+    (path_escapes_root) and the other pairs written."""
+    images, masks, outside = tmp_path / "image_2", tmp_path / "gt_image_2", tmp_path / "elsewhere"
+    shutil.copytree(testdata / "kitti_road/image_2", images)
+    shutil.copytree(testdata / "kitti_road/gt_image_2", masks)
+    outside.mkdir()
+    victim = sorted(masks.iterdir())[0]
+    shutil.move(victim, outside / victim.name)
+    victim.symlink_to(outside / victim.name)  # masks/um_road_000002.png -> ../elsewhere/...
+    out = run_kitti(tmp_path, images, masks)
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in errors] == ["path_escapes_root"] and victim.name in errors[0]["source"]
+    assert len(read_records(str(out / "*.tfrecord"))) == 2
