@@ -33,6 +33,10 @@ from segmodel import tiling
 MERGE_ROWS = 256
 # Column strips read to build a raster's COCO RLE (column-major): at most this many pixels at once.
 RLE_STRIP_PIXELS = 16 << 20
+# labels_coco.json annotation ids: image id x 256 + the annotation's place in its image's record
+# (at most one annotation per class, and a mask has at most 255 classes), so that a re-run gives
+# the same ids whatever order the workers finish in.
+ANNOTATIONS_PER_IMAGE = 256
 SUMMARY_KEYS = ("input", "mask", "height", "width", "class_fraction", "mean_confidence", "review_priority")
 
 
@@ -239,36 +243,37 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                     if line.strip():
                         yield json.loads(line)
 
-    index = sorted((r["file_name"], r["review_priority"], json.dumps({k: r[k] for k in SUMMARY_KEYS}))
-                   for r in records())
-    ids = {name: k + 1 for k, (name, _, _) in enumerate(index)}
-    summary = "".join(line + "\n" for _, _, line in sorted(index, key=lambda t: (-t[1], t[0])))
+    index = sorted((r["file_name"], r["review_priority"], json.dumps({k: r[k] for k in SUMMARY_KEYS}),
+                    r["height"], r["width"]) for r in records())
+    summary = "".join(line + "\n" for _, _, line, _, _ in sorted(index, key=lambda t: (-t[1], t[0])))
     write_atomic(f"{output_dir}/summary.jsonl", summary.encode(), "application/jsonl")
-    with tempfile.TemporaryFile("w+") as images_part, tempfile.TemporaryFile("w+") as anns_part:
-        first_image, first_ann, ann_id = True, True, 0
-        seen = set()
+    image_ids = {}  # file name -> (image id: 1..N in file-name order, height, width)
+    for name, _, _, h, w in index:
+        image_ids.setdefault(name, (len(image_ids) + 1, h, w))
+    with tempfile.TemporaryFile("w+") as anns_part:
+        first_ann, seen = True, set()
         for record in records():
             if record["file_name"] in seen:
                 continue
             seen.add(record["file_name"])
-            image_id = ids[record["file_name"]]
-            images_part.write(("" if first_image else ",\n") + json.dumps(
-                {"id": image_id, "file_name": record["file_name"], "height": record["height"],
-                 "width": record["width"]}))
-            first_image = False
-            for ann in record["annotations"]:
-                ann_id += 1
-                anns_part.write(("" if first_ann else ",\n") + json.dumps(dict(ann, id=ann_id, image_id=image_id)))
+            image_id = image_ids[record["file_name"]][0]
+            # Annotation ids from the image id and the annotation's place in its record: the same
+            # on every run, whatever order the records arrive in (one annotation per class < 256).
+            for j, ann in enumerate(record["annotations"]):
+                anns_part.write(("" if first_ann else ",\n") + json.dumps(
+                    dict(ann, id=image_id * ANNOTATIONS_PER_IMAGE + j, image_id=image_id)))
                 first_ann = False
+        images = ",\n".join(json.dumps({"id": i, "file_name": name, "height": h, "width": w})
+                            for name, (i, h, w) in image_ids.items())
         categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(class_names) if i > 0]
         temp = temp_name(f"{output_dir}/labels_coco.json")
         with writing(f"{output_dir}/labels_coco.json", temp), \
                 FileSystems.create(temp, mime_type="application/json") as out:
             out.write(json.dumps({"description": "segpipe machine labels"}).join(
                 ['{"info": ', f', "licenses": [], "categories": {json.dumps(categories)}, "images": [\n']).encode())
-            for part, closing in ((images_part, '\n], "annotations": [\n'), (anns_part, "\n]}\n")):
-                part.seek(0)
-                while chunk := part.read(1 << 20):
-                    out.write(chunk.encode())
-                out.write(closing.encode())
+            out.write((images + '\n], "annotations": [\n').encode())
+            anns_part.seek(0)
+            while chunk := anns_part.read(1 << 20):
+                out.write(chunk.encode())
+            out.write("\n]}\n".encode())
     commit_temp(temp, f"{output_dir}/labels_coco.json")

@@ -23,6 +23,22 @@ def model_files(model: str) -> tuple:
     return f"{folder}/model.keras", f"{folder}/classes.json"
 
 
+def save_atomic(model, path: str) -> None:
+    """Saves a Keras model to ``path`` (a .keras file, local or remote) under a temporary name
+    first and renames it into place: a process killed mid-save leaves the previous file (or
+    none), never a truncated archive that a reader or a resumed run would fail on."""
+    import uuid
+
+    import tensorflow as tf
+    temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex}.keras"
+    try:
+        model.save(temp)
+        tf.io.gfile.rename(temp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(temp):
+            tf.io.gfile.remove(temp)
+
+
 def _gfile_open(path: str):
     import tensorflow as tf
     return tf.io.gfile.GFile(path, "rb")

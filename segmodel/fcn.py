@@ -173,7 +173,8 @@ def export_model(model: keras.Model, path: str, layout: str = "nhwc") -> keras.M
                                name=model.name)
     else:
         raise ValueError(f"layout must be nhwc or nchw, got {layout!r}")
-    exported.save(path)
+    from segmodel.exported import save_atomic
+    save_atomic(exported, path)
     return exported
 
 

@@ -77,6 +77,52 @@ def step_budget(max_steps: int):
     return StepBudget()
 
 
+def keep_best(path: str, metric: str, threshold):
+    """A Keras callback saving the model to ``path`` whenever ``metric`` beats its best so far
+    (starting from ``threshold``, the best logged before a resume), atomically (save_atomic)."""
+    import keras
+
+    from segmodel.exported import save_atomic
+
+    class KeepBest(keras.callbacks.Callback):
+        best = threshold
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(metric)
+            if value is not None and (self.best is None or value > self.best):
+                KeepBest.best = value
+                save_atomic(self.model, path)
+
+    return KeepBest()
+
+
+def trim_history(history_csv: str, backup_dir: str) -> None:
+    """Drops the rows of history.csv for epochs the backup does not hold (logged, then killed
+    before the backup was saved): the resumed run trains and logs them again, once."""
+    import csv
+    import io
+
+    import tensorflow as tf
+    metadata = f"{backup_dir}/training_metadata.json"
+    if not (tf.io.gfile.exists(history_csv) and tf.io.gfile.exists(metadata)):
+        return
+    with tf.io.gfile.GFile(metadata) as handle:
+        done = int(json.loads(handle.read())["epoch"])
+    with tf.io.gfile.GFile(history_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if int(row["epoch"]) < done]
+    if len(kept) == len(rows) or not rows:
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    temp = f"{history_csv}.tmp"
+    with tf.io.gfile.GFile(temp, "w") as handle:
+        handle.write(out.getvalue())
+    tf.io.gfile.rename(temp, history_csv, overwrite=True)
+
+
 def best_logged(history_csv: str, metric: str):
     """The best (highest) value of ``metric`` in a CSVLogger file, or None."""
     import csv
@@ -143,8 +189,13 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
 
     chief = is_chief()
     scratch = model_dir if chief else f"{model_dir}/worker-tmp-{os.getpid()}"
+    # Per epoch, in this order: the history row, the best model, then the backup (the commit
+    # point). A kill between them is undone on resume: trim_history drops the rows of epochs the
+    # backup lacks, and every file is replaced by rename (save_atomic), never left half-written.
+    trim_history(f"{scratch}/history.csv", f"{model_dir}/backup")
+    for stale in tf.io.gfile.glob(f"{scratch}/*.tmp-*.keras"):  # a save cut short by a kill
+        tf.io.gfile.remove(stale)
     callbacks = [
-        keras.callbacks.BackupAndRestore(f"{model_dir}/backup", save_freq="epoch", delete_checkpoint=False),
         keras.callbacks.TensorBoard(f"{scratch}/logs"),
         keras.callbacks.CSVLogger(f"{scratch}/history.csv", append=True),
         keras.callbacks.TerminateOnNaN(),
@@ -155,10 +206,11 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     if val_ds is not None:
         # After a resume, the checkpoint must beat the best epoch before the kill (history.csv
         # holds it), not start again from minus infinity and overwrite best.keras with worse.
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_mean_iou", mode="max", save_best_only=True,
-            initial_value_threshold=best_logged(f"{scratch}/history.csv", "val_mean_iou")
-            if tf.io.gfile.exists(best_path) else None))
+        callbacks.append(keep_best(best_path, "val_mean_iou", best_logged(f"{scratch}/history.csv", "val_mean_iou")
+                                   if tf.io.gfile.exists(best_path) else None))
+    # double_checkpoint: the previous epoch's backup is kept, and used if the latest one is damaged.
+    callbacks.append(keras.callbacks.BackupAndRestore(f"{model_dir}/backup", save_freq="epoch",
+                                                      delete_checkpoint=False, double_checkpoint=True))
     callbacks.extend(extra_callbacks)  # after the backup, so they see a saved epoch
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
                         validation_steps=val_steps, callbacks=callbacks, verbose=progress)

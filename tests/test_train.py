@@ -148,3 +148,16 @@ def test_deterministic_training_repeats_exactly(demo_dataset, tmp_path):
     first, second = result["losses"]
     assert len(first) == 2 and all(np.isfinite(first)) and first == second
     assert result["same_weights"]
+
+
+def test_history_rows_of_epochs_the_backup_lacks_are_dropped_on_resume(tmp_path):
+    """A kill after an epoch's row was logged but before its backup was saved: the resumed run
+    trains that epoch again, so its old row goes (else history.csv would hold it twice)."""
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_mean_iou\n0,1.0,0.1\n1,0.8,0.2\n2,0.7,0.25\n")
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup/training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    train.trim_history(str(history), str(tmp_path / "backup"))
+    assert history.read_text() == "epoch,loss,val_mean_iou\n0,1.0,0.1\n1,0.8,0.2\n"
+    train.trim_history(str(history), str(tmp_path / "backup"))  # nothing more to drop
+    assert [r["epoch"] for r in csv.DictReader(history.open())] == ["0", "1"]
