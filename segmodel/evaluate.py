@@ -26,14 +26,13 @@ def load_model(model: str):
 
 
 def predict_classes(model, images) -> np.ndarray:
-    scores = model(images, training=False)
-    if isinstance(scores, dict):  # the torchvision-style export: {"out": [N, C, H, W]}
-        return np.argmax(np.asarray(scores["out"]), axis=1)
-    return np.argmax(np.asarray(scores), axis=-1)
+    return np.argmax(np.asarray(model(images, training=False)), axis=-1)
 
 
 def evaluate(model, data: str, class_names=None, split: str = "val") -> dict:
     from segmodel import dataset, metrics
+    from segmodel.exported import as_nhwc
+    model = as_nhwc(model)  # a torchvision-style export scores through the network it wraps
     num_classes = len(class_names) if class_names else int(model.outputs[0].shape[-1])
     cm = np.zeros((num_classes, num_classes), np.int64)
     images = 0

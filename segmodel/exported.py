@@ -44,8 +44,26 @@ def _gfile_open(path: str):
     return tf.io.gfile.GFile(path, "rb")
 
 
-def load_exported(model: str, opener=None):
-    """The exported Keras model (custom layers registered), any layout it was exported with."""
+def as_nhwc(model):
+    """The project's interface (RGB 0..255 [N, H, W, 3] -> scores [N, H, W, C]) of an exported
+    model: the model itself, or for a torchvision-style ``nchw`` export the network it wraps."""
+    import keras
+    if isinstance(model.output, dict) and model.inputs[0].shape[1] == 3:
+        inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+        if len(inner) == 1:
+            return inner[0]
+    return model
+
+
+def load_exported(model: str, opener=None, layout: str = "nhwc"):
+    """The exported Keras model (custom layers registered). ``layout="nhwc"`` (what evaluation,
+    batch segmentation and the report use): the project's interface whatever layout it was
+    exported with (see as_nhwc); ``"as_exported"``: the file's own interface."""
+    loaded = _load(model, opener)
+    return as_nhwc(loaded) if layout == "nhwc" else loaded
+
+
+def _load(model: str, opener=None):
     import keras
 
     import segmodel  # noqa: F401  (registers the FCN's custom layers)

@@ -22,7 +22,7 @@ import keras
 from keras import layers
 
 from segcli.train import ARCHS
-from segmodel.layers import BilinearInitializer, ChannelsFirst, CropLike, Normalize, PadToMultiple
+from segmodel.layers import BilinearInitializer, ChannelsFirst, CropLike, FromTorchvision, Normalize, PadToMultiple
 from segmodel.preprocess import normalization_for
 
 LOG = logging.getLogger(__name__)
@@ -163,14 +163,20 @@ def load_vgg16_weights(model: keras.Model, weights: str) -> list:
 
 
 def export_model(model: keras.Model, path: str, layout: str = "nhwc") -> keras.Model:
-    """Saves the inference model to ``path`` (a .keras file). ``nhwc`` (default): scores
-    [N, H, W, C], TensorFlow's layout. ``nchw``: a dict ``{"out": [N, C, H, W]}``, the layout and
-    key torchvision's segmentation models return. Inputs are NHWC RGB 0..255 either way."""
+    """Saves the inference model to ``path`` (a .keras file).
+
+    ``nhwc`` (default): RGB pixels 0..255 [N, H, W, 3] (uint8 or float) -> scores [N, H, W, C].
+    ``nchw``: torchvision's interface: [N, 3, H, W] floats scaled to 0..1 and normalised with the
+    ImageNet mean and std -> ``{"out": [N, C, H, W]}``, any height and width, scores at the
+    input's size. The nchw model wraps the nhwc one (FromTorchvision first, ChannelsFirst last),
+    so both compute the same scores; ``segmodel.exported.load_exported`` unwraps it again."""
+    inference = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
     if layout == "nhwc":
-        exported = keras.Model(model.inputs[0], model.outputs[0], name=model.name)
+        exported = inference
     elif layout == "nchw":
-        exported = keras.Model(model.inputs[0], {"out": ChannelsFirst(name="out")(model.outputs[0])},
-                               name=model.name)
+        pixels = keras.Input((3, None, None), name="pixel_values")
+        scores = inference(FromTorchvision(name="from_torchvision")(pixels))
+        exported = keras.Model(pixels, {"out": ChannelsFirst(name="out")(scores)}, name=f"{model.name}_nchw")
     else:
         raise ValueError(f"layout must be nhwc or nchw, got {layout!r}")
     from segmodel.exported import save_atomic

@@ -6,7 +6,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from segmodel.preprocess import normalize
+from segmodel.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 PACKAGE = "segmodel"
 
@@ -69,6 +69,23 @@ class ChannelsFirst(keras.layers.Layer):
 
     def compute_output_shape(self, shape):
         return (shape[0], shape[3], shape[1], shape[2])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FromTorchvision(keras.layers.Layer):
+    """torchvision's input convention -> this project's: [N, 3, H, W] floats scaled to 0..1 and
+    normalised with the ImageNet mean and std (``transforms.ToTensor`` + ``transforms.Normalize``)
+    -> [N, H, W, 3] RGB 0..255, which the FCN's own Normalize layer then takes. The ``nchw``
+    export starts with it, so the network and its normalisation stay one path."""
+
+    def call(self, x):
+        x = ops.transpose(ops.cast(x, self.compute_dtype), (0, 2, 3, 1))
+        mean = ops.convert_to_tensor(IMAGENET_MEAN, dtype=x.dtype)
+        std = ops.convert_to_tensor(IMAGENET_STD, dtype=x.dtype)
+        return (x * std + mean) * 255.0
+
+    def compute_output_shape(self, shape):
+        return (shape[0], shape[2], shape[3], shape[1])
 
 
 def bilinear_kernel(kernel_size: int, channels: int) -> np.ndarray:

@@ -93,6 +93,31 @@ def test_export_round_trip_and_torchvision_layout(tmp_path):
     fcn.export_model(model, str(tmp_path / "model.keras"))
     loaded = keras.models.load_model(tmp_path / "model.keras")
     np.testing.assert_array_equal(np.asarray(loaded(images)), expected)
+
+
+
+@pytest.mark.parametrize("size", [(333, 257), (45, 61), (32, 32), (7, 100)])
+def test_the_nchw_export_takes_torchvision_input_and_gives_the_same_scores(tmp_path, size):
+    """[N, 3, H, W] floats 0..1 normalised with the ImageNet mean and std (torchvision's
+    ToTensor + Normalize, written out here from torchvision's documented constants) ->
+    {"out": [N, C, H, W]} equal to the default export's scores, transposed, at odd sizes."""
+    from segmodel import exported as exported_lib
+    model = fcn.build_fcn("fcn8s", 4, **TINY)
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.normal(0, 0.1, w.shape).astype("float32") for w in layer.get_weights()])
+    h, w = size
+    pixels = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    fcn.export_model(model, str(tmp_path / "model.keras"))
     fcn.export_model(model, str(tmp_path / "nchw.keras"), layout="nchw")
-    out = keras.models.load_model(tmp_path / "nchw.keras")(images)
-    np.testing.assert_array_equal(np.asarray(out["out"]), expected.transpose(0, 3, 1, 2))
+    expected = np.asarray(keras.models.load_model(tmp_path / "model.keras")(pixels))
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    torch_input = ((pixels / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype("float32")  # [2, 3, h, w]
+    nchw = keras.models.load_model(tmp_path / "nchw.keras")
+    out = nchw(torch_input)
+    assert set(out) == {"out"} and out["out"].shape == (2, 4, h, w)
+    np.testing.assert_allclose(np.asarray(out["out"]), expected.transpose(0, 3, 1, 2), rtol=1e-4, atol=2e-4)
+    # every consumer in the project (evaluation, batch segmentation, report) sees the nhwc interface
+    unwrapped = exported_lib.load_exported(str(tmp_path / "nchw.keras"))
+    np.testing.assert_array_equal(np.asarray(unwrapped(pixels)), expected)
