@@ -129,12 +129,35 @@ def metrics_section(out: str, metrics: dict) -> str:
         fig.colorbar(im, ax=ax)
         ax.set_title("confusion matrix (rows normalised)")
     _figure(f"{out}/confusion_matrix.png", draw, size=(5.5, 4.5))
-    table = "".join(f"<tr><td style='text-align:left'>{html.escape(n)}</td><td>"
-                    f"{'-' if v is None else f'{v:.3f}'}</td></tr>" for n, v in metrics["per_class_iou"].items())
+    columns = ("per_class_iou", "per_class_precision", "per_class_recall", "per_class_f1")
+
+    def cell(key, name):
+        value = metrics.get(key, {}).get(name)
+        return "-" if value is None else f"{value:.3f}"
+    table = "".join(f"<tr><td style='text-align:left'>{html.escape(n)}</td>"
+                    + "".join(f"<td>{cell(key, n)}</td>" for key in columns) + "</tr>" for n in names)
     summary = ", ".join(f"{k.replace('_', ' ')} <b>{metrics[k]:.3f}</b>" for k in
                         ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou"))
-    return (f"<section><h2>Evaluation</h2><p>{summary}</p><table><tr><th>class</th><th>IoU</th></tr>{table}"
-            "</table><img src='confusion_matrix.png' alt='confusion matrix'></section>")
+    return (f"<section><h2>Evaluation</h2><p>{summary}</p>{road_paragraph(metrics.get('road'))}<table><tr>"
+            "<th>class</th><th>IoU</th><th>precision</th><th>recall</th><th>F1</th></tr>"
+            f"{table}</table><img src='confusion_matrix.png' alt='confusion matrix'></section>")
+
+
+def road_paragraph(road) -> str:
+    """The KITTI road benchmark's figures and the two rubric rates (segmodel.road_metrics)."""
+    if not road or "max_f" not in road:
+        return ""
+    name = html.escape(road["class"])
+    figures = ", ".join(f"{label} <b>{road[key]:.3f}</b>" for key, label in (
+        ("max_f", "MaxF"), ("average_precision", "AP"), ("precision", "precision"), ("recall", "recall"),
+        ("fpr", "FPR"), ("fnr", "FNR")) if key in road)
+    rates = ""
+    if road.get("road_labelled_road") is not None and road.get("non_road_labelled_road") is not None:
+        rates = (f"<br>Labelled by the model: <b>{road['road_labelled_road']:.1%}</b> of {name} pixels as "
+                 f"{name} (rubric: at least 80 %), <b>{road['non_road_labelled_road']:.1%}</b> of the other "
+                 f"pixels as {name} (rubric: at most 20 %).")
+    return (f"<p class='road'>KITTI road benchmark figures for <b>{name}</b> (image space, at the best "
+            f"threshold {road.get('best_threshold', 0):.3f} of its probability): {figures}.{rates}</p>")
 
 
 def samples_section(out: str, model_dir: str, data: str, samples: int) -> str:

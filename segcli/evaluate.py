@@ -12,4 +12,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="a dataset folder or a glob of TFRecord shards")
     parser.add_argument("--split", default="val", help="the split of a dataset folder to score")
     parser.add_argument("--output", default="metrics.json")
+    parser.add_argument("--positive_class", default=None,
+                        help="class scored as the KITTI road benchmark scores road (MaxF, AP, precision, recall, "
+                             "FPR, FNR); automatic for a two-class model")
     return parser

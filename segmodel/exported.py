@@ -31,6 +31,9 @@ def save_atomic(model, path: str) -> None:
 
     import tensorflow as tf
     temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex}.keras"
+    folder = path.rsplit("/", 1)[0] if "/" in path else ""
+    if folder and not tf.io.gfile.exists(folder):
+        tf.io.gfile.makedirs(folder)
     try:
         model.save(temp)
         tf.io.gfile.rename(temp, path, overwrite=True)

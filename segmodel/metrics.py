@@ -30,6 +30,8 @@ def scores(confusion, class_names=None) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = tp / (truth + predicted - tp)
         accuracy = tp / truth
+        precision = tp / predicted
+        f1 = 2 * tp / (truth + predicted)
     total = cm.sum()
     in_truth = truth > 0
     return {
@@ -38,6 +40,11 @@ def scores(confusion, class_names=None) -> dict:
         "mean_accuracy": float(np.mean(accuracy[in_truth])) if in_truth.any() else 0.0,
         "frequency_weighted_iou": float(np.sum(truth[present] * iou[present]) / total) if total else 0.0,
         "per_class_iou": {names[i]: (float(iou[i]) if present[i] else None) for i in range(n)},
+        # precision: of the pixels predicted as the class, the share truly it; recall: of its true
+        # pixels, the share found (None where undefined: nothing predicted, or none in the truth)
+        "per_class_precision": {names[i]: (float(precision[i]) if predicted[i] else None) for i in range(n)},
+        "per_class_recall": {names[i]: (float(accuracy[i]) if truth[i] else None) for i in range(n)},
+        "per_class_f1": {names[i]: (float(f1[i]) if present[i] else None) for i in range(n)},
         "confusion_matrix": cm.astype(np.int64).tolist(),
     }
 
