@@ -124,6 +124,7 @@ def test_quick_demo_runs_every_stage(quick_demo):
     assert (out / "model/model.keras").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result["metrics"]
+    assert metrics["road"]["class"] == "road" and 0 <= metrics["road"]["max_f"] <= 1
     # The mean IoU recomputed here with NumPy from the exported model's predictions on the
     # validation records (the FCN paper's definition: classes absent from truth and prediction
     # left out, 255 excluded), not with segmodel.metrics.
