@@ -40,7 +40,9 @@ setuptools.setup(
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
         "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
                  # fuzzing (tests/test_fuzz.py)
-                 "hypothesis>=6.100,<7"],
+                 "hypothesis>=6.100,<7",
+                 # Label Studio's own brush-RLE decoder checks the pre-labels segpipe review writes
+                 "label-studio-sdk>=1.0,<3"],
     },
     entry_points={"console_scripts": ["segpipe=segcli.main:main"]},
 )

@@ -5,6 +5,7 @@
     segpipe train ...           train an FCN                        (segmodel.train)
     segpipe evaluate ...        metrics.json at full image size     (segmodel.evaluate)
     segpipe segment ...         batch segmentation with Beam        (pipelines.batch_segment)
+    segpipe review ...          a labeling batch from the review queue  (pipelines.review)
     segpipe report ...          static HTML report                  (pipelines.report)
     segpipe demo ...            everything on built-in data         (pipelines.demo)
 
@@ -30,6 +31,7 @@ COMMANDS = {
     ("train",): ("segcli.train", "segmodel.train", "main", False, True),
     ("evaluate",): ("segcli.evaluate", "segmodel.evaluate", "main", False, True),
     ("segment",): ("segcli.segment", "pipelines.batch_segment", "run", True, True),
+    ("review",): ("segcli.review", "pipelines.review", "main", False, False),
     ("report",): ("segcli.report", "pipelines.report", "main", False, True),
     ("demo",): ("segcli.demo", "pipelines.demo", "main", False, True),
 }

@@ -1,0 +1,123 @@
+"""A labeling batch from the review queue of a batch segmentation (``segpipe review``).
+
+    segpipe review --segmentation SEG_OUT --output_dir BATCH [--count 50]
+        [--strategy uncertain|stratified|random] [--exclude labeled.txt] [--image_url_prefix URL]
+
+BATCH gets:
+* ``tasks.json``: Label Studio tasks, each with the model's masks as a prediction (BrushLabels
+  in Label Studio's RLE, the image's mean confidence as ``score``, ``model_version``); import it
+  into a project whose labeling interface is
+* ``labeling_config.xml`` (one brush label per class, in the project's class colours);
+* ``labels_coco.json``: the same images' machine labels as a COCO instances file (compressed RLE),
+  the format CVAT imports as "COCO 1.0";
+* ``batch.txt``: the chosen inputs, one per line (``--exclude`` of the next round).
+Only photos are batched: a GeoTIFF mask is counted as skipped (labeling tools do not open
+georeferenced rasters of that size).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+import random
+import sys
+
+import numpy as np
+
+from segcli.review import ReviewConfig, make_parser
+
+LOG = logging.getLogger(__name__)
+
+
+def select(records: list, config: ReviewConfig, class_names, excluded=frozenset()) -> list:
+    """The records to label next (see ReviewConfig.strategy); never an excluded input."""
+    pool = [r for r in records if r["input"] not in excluded and posixpath.basename(r["input"]) not in excluded
+            and r.get("file_name", "") not in excluded]
+    by_priority = sorted(pool, key=lambda r: (-r["review_priority"], r["input"]))
+    if config.strategy == "uncertain":
+        return by_priority[:config.count]
+    if config.strategy == "random":
+        return random.Random(config.seed).sample(sorted(pool, key=lambda r: r["input"]), min(config.count, len(pool)))
+    queues = {}  # stratified: per predicted class (background aside), most uncertain first
+    for record in by_priority:
+        for name, fraction in record["class_fraction"].items():
+            if fraction > 0 and name != class_names[0]:
+                queues.setdefault(name, []).append(record)
+    chosen, seen = [], set()
+    while len(chosen) < config.count and any(queues.values()):
+        for name in sorted(queues, key=lambda n: len(queues[n])):  # the rarest classes pick first
+            while queues[name] and queues[name][0]["input"] in seen:
+                queues[name].pop(0)
+            if queues[name] and len(chosen) < config.count:
+                record = queues[name].pop(0)
+                seen.add(record["input"])
+                chosen.append(record)
+    return chosen
+
+
+def image_url(path: str, prefix: str = "") -> str:
+    """What Label Studio loads the image from: prefix + file name, a gs:// URI as its Google Cloud
+    Storage source serves it, or a local file through its local-files storage."""
+    if prefix:
+        return prefix + posixpath.basename(path)
+    if "://" in path:
+        return path
+    return "/data/local-files/?d=" + path.lstrip("/")
+
+
+def build_batch(config: ReviewConfig) -> dict:
+    from apache_beam.io.filesystems import FileSystems
+    from PIL import Image
+
+    from pipelines.palette import palette
+    from pipelines.storage import write_atomic
+    from segformat import label_studio
+    seg = config.segmentation.rstrip("/")
+    with FileSystems.open(f"{seg}/summary.jsonl") as handle:
+        records = [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
+    with FileSystems.open(f"{seg}/labels_coco.json") as handle:
+        coco = json.loads(handle.read())
+    class_names = ["background"] + [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    excluded = set()
+    if config.exclude:
+        with FileSystems.open(config.exclude) as handle:
+            excluded = {line.strip() for line in handle.read().decode().splitlines() if line.strip()}
+    photos = [r for r in records if not r["mask"].endswith(".tif")]
+    chosen = select(photos, config, class_names, excluded)
+    tasks = []
+    for record in chosen:
+        with FileSystems.open(record["mask"]) as handle:
+            mask = np.asarray(Image.open(io.BytesIO(handle.read())))
+        tasks.append(label_studio.task(image_url(record["input"], config.image_url_prefix), mask, class_names,
+                                       record["mean_confidence"], config.model_version or seg,
+                                       meta={"review_priority": record["review_priority"]}))
+    names = {posixpath.basename(r["input"]) for r in chosen} | {r.get("file_name") for r in chosen}
+    images = [i for i in coco["images"] if i["file_name"] in names]
+    ids = {i["id"] for i in images}
+    subset = dict(coco, images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
+    out = config.output_dir.rstrip("/")
+    write_atomic(f"{out}/tasks.json", json.dumps(tasks).encode(), "application/json")
+    write_atomic(f"{out}/labeling_config.xml",
+                 label_studio.labeling_config(class_names, palette()[:len(class_names)].tolist()).encode(), "application/xml")
+    write_atomic(f"{out}/labels_coco.json", json.dumps(subset).encode(), "application/json")
+    write_atomic(f"{out}/batch.txt", "".join(r["input"] + "\n" for r in chosen).encode(), "text/plain")
+    summary = {"chosen": len(chosen), "candidates": len(photos) - len(excluded & {r["input"] for r in photos}),
+               "rasters_skipped": len(records) - len(photos), "strategy": config.strategy}
+    print(f"segpipe review: {summary['chosen']} images ({config.strategy}) -> {out}/tasks.json, labeling_config.xml, "
+          f"labels_coco.json, batch.txt; {summary['rasters_skipped']} GeoTIFF masks skipped")
+    return summary
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    try:
+        config = ReviewConfig(**vars(args))
+    except ValueError as e:
+        raise SystemExit(f"segpipe review: {e}") from None
+    return build_batch(config)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main(sys.argv[1:])

@@ -1,0 +1,98 @@
+"""segpipe review: which images a labeling batch holds, and the batch in Label Studio's and
+CVAT's import formats, checked with Label Studio's own decoder (label-studio-sdk) and pycocotools."""
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pipelines import batch_segment, review
+from segcli.review import ReviewConfig
+
+NAMES = ["background", "road", "building", "water"]
+
+
+def record(name, priority, **fractions):
+    return {"input": f"/in/{name}.png", "file_name": f"{name}.png", "review_priority": priority,
+            "class_fraction": {"background": 0.5, **fractions}}
+
+
+RECORDS = [record("a", 0.9, road=0.5), record("b", 0.8, road=0.5), record("c", 0.7, road=0.4),
+           record("d", 0.2, water=0.01, road=0.4), record("e", 0.1, building=0.3)]
+
+
+def pick(**kwargs):
+    return [r["file_name"][0] for r in review.select(RECORDS, ReviewConfig(segmentation="s", output_dir="o", **kwargs),
+                                                     NAMES, kwargs.pop("excluded", frozenset()))]
+
+
+def test_the_most_uncertain_first_rare_classes_in_a_stratified_batch_and_exclusions_respected():
+    assert pick(count=2) == ["a", "b"]
+    # stratified: water and building (one image each) get their images before road's third
+    assert sorted(pick(count=3, strategy="stratified")) == ["a", "d", "e"]
+    chosen = review.select(RECORDS, ReviewConfig(segmentation="s", output_dir="o", count=2), NAMES,
+                           {"/in/a.png", "b.png"})
+    assert [r["file_name"] for r in chosen] == ["c.png", "d.png"]
+    assert pick(count=3, strategy="random", seed=1) == pick(count=3, strategy="random", seed=1)
+    assert len(set(pick(count=5, strategy="random"))) == 5
+
+
+def color_model(model_dir):
+    """A real exported Keras model whose classes follow the colour: road where red dominates,
+    building where green does, water where blue does, background where none passes 128."""
+    import keras
+
+    from segmodel import fcn
+    images = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.Constant(
+        np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)[None, None]),
+        bias_initializer=keras.initializers.Constant([128.0, 0, 0, 0]))
+    fcn.export_model(keras.Model(images, conv(keras.layers.Rescaling(1.0)(images))), str(model_dir / "model.keras"))
+    (model_dir / "classes.json").write_text(json.dumps({"classes": [{"index": i, "name": n}
+                                                                    for i, n in enumerate(NAMES)]}))
+    return model_dir
+
+
+def test_a_batch_decodes_in_label_studio_and_cvat_formats_to_the_masks(tmp_path):
+    from label_studio_sdk.converter.brush import decode_rle
+    (tmp_path / "model").mkdir()
+    model_dir = color_model(tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(2)
+    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+    for i in range(5):
+        coarse = colors[rng.integers(0, 4 - (i == 4), (7, 9))]  # p4 has no water
+        Image.fromarray(coarse.repeat(8, 0).repeat(8, 1)[:50, :70]).save(inputs / f"p{i}.png")
+    seg = tmp_path / "seg"
+    batch_segment.run(["--model", str(model_dir), "--input", f"{inputs}/*.png", "--output_dir", str(seg),
+                       "--tile_size", "32"])
+    (tmp_path / "done.txt").write_text(f"{inputs}/p0.png\n")
+    summary = review.main(["--segmentation", str(seg), "--output_dir", str(tmp_path / "batch"), "--count", "3",
+                           "--exclude", str(tmp_path / "done.txt"), "--model_version", "fcn-test"])
+    assert summary["chosen"] == 3
+    queue = [json.loads(line) for line in (seg / "summary.jsonl").read_text().splitlines()]
+    expected = [r["input"] for r in queue if not r["input"].endswith("p0.png")][:3]  # most uncertain first
+    assert (tmp_path / "batch/batch.txt").read_text().split() == expected
+    tasks = json.loads((tmp_path / "batch/tasks.json").read_text())
+    config = ET.fromstring((tmp_path / "batch/labeling_config.xml").read_text())
+    assert [label.get("value") for label in config.iter("Label")] == NAMES[1:]
+    coco = json.loads((tmp_path / "batch/labels_coco.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == sorted(p.split("/")[-1] for p in expected)
+    for task, path in zip(tasks, expected):
+        assert task["data"]["image"] == "/data/local-files/?d=" + path.lstrip("/")
+        prediction = task["predictions"][0]
+        assert prediction["model_version"] == "fcn-test" and 0 < prediction["score"] <= 1
+        mask = np.asarray(Image.open(seg / "masks" / (path.split("/")[-1])))
+        decoded = np.zeros_like(mask)
+        for result in prediction["result"]:
+            region = decode_rle(result["value"]["rle"]).reshape(result["original_height"], result["original_width"], 4)
+            decoded[region[..., 3] > 0] = NAMES.index(result["value"]["brushlabels"][0])
+        assert len(np.unique(mask)) >= 3 and np.array_equal(decoded, mask), path  # Label Studio's decoder
+        image_id = next(i["id"] for i in coco["images"] if i["file_name"] == path.split("/")[-1])
+        from_coco = np.zeros_like(mask)
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image_id):
+            from_coco[mask_utils.decode(ann["segmentation"]) > 0] = ann["category_id"]
+        assert np.array_equal(from_coco, mask)
