@@ -32,6 +32,7 @@ from pipelines import segment_outputs as outputs
 from pipelines.chunks import plan_chunks
 from pipelines.inference import ChunkModelHandler
 from pipelines.runner import ERRORS, Progress, count, make_pipeline, run_and_summarize
+from pipelines.storage import remove_stale_temporaries
 from segcli.segment import SegmentConfig, make_parser
 
 LOG = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         config = SegmentConfig(**dict(options, output_dir=known.output_dir.rstrip("/"), class_names=names))
     except ValueError as e:
         raise SystemExit(f"segpipe segment: {e}") from None
+    if remove_stale_temporaries(config.output_dir):
+        logging.info("removed the temporary files of an interrupted run from %s", config.output_dir)
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
     build_pipeline(p, known.input, config)

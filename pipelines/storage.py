@@ -92,6 +92,19 @@ def writing(path: str, temp: str | None = None):
         raise StorageError(f"could not write {path}: {type(error).__name__}: {error}") from error
 
 
+def remove_stale_temporaries(folder: str) -> int:
+    """Deletes the temporary files (``NAME.tmp-<uuid>``, see temp_name) that a killed run left
+    anywhere under ``folder``; returns how many. For a job's start: two runs must not write into
+    one output folder at once, so every temporary there is a dead run's."""
+    try:
+        stale = [m.path for m in FileSystems.match([f"{folder.rstrip('/')}/**.tmp-*"])[0].metadata_list]
+    except Exception:  # no such folder yet
+        return 0
+    if stale:
+        FileSystems.delete(stale)
+    return len(stale)
+
+
 def temp_name(path: str) -> str:
     """A unique sibling of ``path`` to write before ``commit_temp`` moves it into place."""
     return f"{path}.tmp-{uuid.uuid4().hex}"

@@ -177,12 +177,13 @@ def test_a_mask_file_becomes_classes_from_the_color_table_or_a_reason(mode, valu
     if mode == "1":
         mask_image = Image.fromarray(pixels[..., 0].astype(bool))
     elif mode in ("I;16", "I"):
-        mask_image = Image.fromarray(pixels[..., 0].astype(np.uint16 if mode == "I;16" else np.int32), mode=mode)
+        mask_image = Image.fromarray(pixels[..., 0].astype(np.uint16 if mode == "I;16" else np.int32))
+        assert mask_image.mode == mode
     elif mode == "P":
-        mask_image = Image.fromarray(pixels[..., 0].astype(np.uint8), mode="L").convert("P")
+        mask_image = Image.fromarray(pixels[..., 0].astype(np.uint8)).convert("P")
     else:
-        mask_image = Image.fromarray(pixels.astype(np.uint8).squeeze(-1) if bands == 1 else pixels.astype(np.uint8),
-                                     mode=mode)
+        mask_image = Image.fromarray(pixels.astype(np.uint8).squeeze(-1) if bands == 1 else pixels.astype(np.uint8))
+        assert mask_image.mode == mode
     buffer = io.BytesIO()
     mask_image.save(buffer, format="PNG")
     photo = io.BytesIO()

@@ -47,3 +47,15 @@ def test_readers_share_one_bounded_pool_per_process(tmp_path):
     assert storage.shared_read_pool() is storage.shared_read_pool()
     threads = [t for t in threading.enumerate() if t.name.startswith("read-ahead")]
     assert 0 < len(threads) <= storage.READ_THREADS
+
+
+def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
+    from pipelines.storage import remove_stale_temporaries
+    (tmp_path / "masks/a").mkdir(parents=True)
+    stale = [tmp_path / "summary.jsonl.tmp-0123abcd", tmp_path / "masks/p1.png.tmp-4567", tmp_path / "masks/a/s.tif.tmp-89"]
+    kept = [tmp_path / "summary.jsonl", tmp_path / "masks/p1.png", tmp_path / "masks/a/s.tif", tmp_path / "masks/a/s.json"]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert remove_stale_temporaries(str(tmp_path)) == 3
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert remove_stale_temporaries(str(tmp_path / "missing")) == 0
