@@ -75,3 +75,89 @@ def labeling_config(class_names, colors, skip=(0,)) -> str:
                        for index, (name, (r, g, b)) in enumerate(zip(class_names, colors)) if index not in skip)
     return ('<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
             f'  <BrushLabels name="tag" toName="image">\n{labels}\n  </BrushLabels>\n</View>\n')
+
+
+def decode_brush_rle(rle, height: int, width: int) -> np.ndarray:
+    """Label Studio's brush RLE (repeat and literal blocks, any word and field sizes) -> a
+    boolean [height, width] region: the pixels whose alpha value is non-zero."""
+    bits = np.unpackbits(np.asarray(rle, np.uint8))
+    position = 0
+
+    def read(count: int) -> int:
+        nonlocal position
+        value = 0
+        for bit in bits[position:position + count]:
+            value = (value << 1) | int(bit)
+        if position + count > bits.size:
+            raise ValueError("brush RLE ends inside a block")
+        position += count
+        return value
+    total, word_size = read(32), read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    if total != height * width * 4:
+        raise ValueError(f"brush RLE holds {total} values, not {height}x{width}x4")
+    values = np.zeros(total, np.uint8)
+    i = 0
+    while i < total:
+        repeat = read(1)
+        end = min(total, i + 1 + read(sizes[read(2)]))
+        if repeat:
+            values[i:end] = read(word_size)
+        else:
+            for k in range(i, end):
+                values[k] = read(word_size)
+        i = end
+    return values.reshape(height, width, 4)[..., 3] > 0
+
+
+def chosen_annotation(item: dict):
+    """The annotation of an exported task to train on: the latest one not cancelled (skipped), or
+    None when people skipped the task or never annotated it."""
+    done = [a for a in item.get("annotations", []) if not a.get("was_cancelled")]
+    if not done:
+        return None
+    return max(done, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id", 0)))
+
+
+def export_to_coco(items: list, class_names, image_name) -> tuple:
+    """A Label Studio JSON export -> (a COCO instances document, [(task id, reason)] not used).
+
+    Brush regions become compressed-RLE segmentations, polygons (points in percent of the image)
+    pixel polygons; ``class_names`` (background first) numbers the categories 1..N as a model's
+    classes.json does. ``image_name(url)`` gives a task image's file name under the images folder.
+    Tasks skipped or never annotated are listed, not turned into all-background masks."""
+    from pycocotools import mask as mask_utils
+    categories = [{"id": k, "name": name} for k, name in enumerate(class_names) if k > 0]
+    index = {name: k for k, name in enumerate(class_names)}
+    images, annotations, unused = [], [], []
+    for item in items:
+        annotation = chosen_annotation(item)
+        if annotation is None:
+            unused.append((item.get("id"), "skipped" if item.get("annotations") else "not_annotated"))
+            continue
+        results = [r for r in annotation.get("result", []) if r.get("type") in ("brushlabels", "polygonlabels")]
+        sizes = {(r.get("original_height"), r.get("original_width")) for r in results}
+        if len(sizes) > 1 or (sizes and None in next(iter(sizes))):
+            unused.append((item.get("id"), "inconsistent_image_size"))
+            continue
+        image_id = len(images) + 1
+        height, width = next(iter(sizes)) if sizes else (item.get("data", {}).get("height"),
+                                                         item.get("data", {}).get("width"))
+        images.append({"id": image_id, "file_name": image_name(item["data"]["image"]), "height": height,
+                       "width": width, "label_studio_task": item.get("id")})
+        for result in results:
+            kind = result["type"]
+            label = (result["value"].get(kind) or [None])[0]
+            if label not in index:
+                unused.append((item.get("id"), f"unknown_label:{label}"))
+                continue
+            if kind == "brushlabels":
+                region = decode_brush_rle(result["value"]["rle"], height, width)
+                rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+                segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
+            else:
+                points = np.asarray(result["value"]["points"], np.float64) * [width / 100.0, height / 100.0]
+                segmentation = [points.reshape(-1).tolist()]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": index[label],
+                                "segmentation": segmentation, "iscrowd": 0})
+    return {"images": images, "annotations": annotations, "categories": categories}, unused

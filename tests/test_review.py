@@ -96,3 +96,61 @@ def test_a_batch_decodes_in_label_studio_and_cvat_formats_to_the_masks(tmp_path)
         for ann in (a for a in coco["annotations"] if a["image_id"] == image_id):
             from_coco[mask_utils.decode(ann["segmentation"]) > 0] = ann["category_id"]
         assert np.array_equal(from_coco, mask)
+
+
+def test_a_label_studio_export_becomes_a_dataset_and_skipped_tasks_are_reported(tmp_path):
+    """An export as Label Studio writes it, its brush masks encoded by label-studio-sdk's own
+    encoder, plus a polygon, a skipped task and a task nobody annotated: the corrected masks are
+    the records' masks, and the two unused tasks are listed, not written as background."""
+    from label_studio_sdk.converter.brush import mask2rle
+    from PIL import ImageDraw
+
+    from pipelines import labelstudio_to_tfrecord
+    from segformat.label_studio import labeling_config
+    from tests.helpers import read_records
+    images = tmp_path / "images"
+    images.mkdir()
+    h, w = 40, 60
+    rng = np.random.default_rng(7)
+    truths, items = {}, []
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"img{k}.png")
+        road = np.zeros((h, w), bool)
+        road[20:, :] = True
+        building = np.zeros((h, w), bool)
+        building[2:12, 5 + 10 * k:25 + 10 * k] = True
+        truth = np.zeros((h, w), np.uint8)
+        truth[road], truth[building] = 1, 2
+        results = [{"type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": w,
+                    "original_height": h, "value": {"format": "rle", "brushlabels": [name],
+                                                     "rle": mask2rle(region.astype(np.uint8) * 255)}}
+                   for name, region in (("road", road), ("building", building))]
+        if k == 1:  # a water polygon, in percent of the image, as Label Studio stores points
+            corners = [(40, 2), (58, 2), (58, 18), (40, 18)]
+            results.append({"type": "polygonlabels", "original_width": w, "original_height": h,
+                            "value": {"points": [[100 * x / w, 100 * y / h] for x, y in corners],
+                                      "polygonlabels": ["water"]}})
+            drawn = Image.new("L", (w, h))
+            ImageDraw.Draw(drawn).polygon(corners, fill=1)
+            truth[np.asarray(drawn) > 0] = 3
+        annotations = [{"id": 10 + k, "result": results, "was_cancelled": k == 2, "updated_at": "2026-11-29T09:00"}]
+        items.append({"id": k + 1, "data": {"image": f"/data/local-files/?d={images.as_posix().lstrip('/')}/img{k}.png"},
+                      "annotations": annotations if k != 3 else []})
+        truths[k] = truth
+    (tmp_path / "export.json").write_text(json.dumps(items))
+    (tmp_path / "config.xml").write_text(labeling_config(NAMES, [(0, 0, 0)] * 4))
+    labelstudio_to_tfrecord.run(["--export", str(tmp_path / "export.json"), "--images", str(images),
+                                 "--classes", str(tmp_path / "config.xml"), "--output_dir", str(tmp_path / "out")])
+    records = read_records(str(tmp_path / "out/*.tfrecord"))
+    by_file = {r[b"image/filename"].decode() if b"image/filename" in r else r["image/filename"].decode(): r
+               for r in records.values()}
+    assert sorted(by_file) == ["img0.png", "img1.png"]
+    assert np.array_equal(by_file["img0.png"]["mask"], truths[0])
+    got = by_file["img1.png"]["mask"]
+    water, want_water = got == 3, truths[1] == 3
+    assert (water & want_water).sum() / (water | want_water).sum() > 0.8  # polygon edges: rasterizers differ
+    assert np.array_equal(got[~(water | want_water)], truths[1][~(water | want_water)])
+    unused = json.loads((tmp_path / "out/labelstudio_unused.json").read_text())
+    assert unused == [{"task": 3, "reason": "skipped"}, {"task": 4, "reason": "not_annotated"}]
+    classes = json.loads((tmp_path / "out/classes.json").read_text())
+    assert [c["name"] for c in sorted(classes["classes"], key=lambda c: c["index"])] == NAMES

@@ -1,0 +1,85 @@
+"""People's corrections in Label Studio -> a TFRecord dataset, by the COCO job's mask rules.
+
+    segpipe dataset labelstudio --export export.json --images DIR --classes labeling_config.xml \\
+        --output_dir OUT [--split train] [--val_fraction 0.1] [Beam options]
+
+The export (Label Studio's "JSON" export: tasks with their annotations) is turned into a COCO
+instances document (segformat.label_studio.export_to_coco: brush regions as RLE, polygons from
+percent to pixels, the latest non-cancelled annotation of each task) and converted by
+``pipelines.coco_to_tfrecord`` (overlaps, validation, shards, manifest and errors as there).
+Tasks people skipped or never annotated are not used: they are listed, with the reason, in
+``OUT/labelstudio_unused.json`` and counted on stderr, never written as all-background masks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import sys
+import tempfile
+import urllib.parse
+import xml.etree.ElementTree as ET
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.storage import write_json
+from segcli.labelstudio import make_parser
+from segformat.label_studio import export_to_coco
+
+
+def read_class_names(path: str) -> list:
+    """Background first, then the labels: from a labeling_config.xml or a classes.json."""
+    with FileSystems.open(path) as handle:
+        text = handle.read().decode()
+    if path.endswith(".xml"):
+        labels = [label.get("value") for label in ET.fromstring(text).iter("Label")]
+        return ["background"] + [name for name in labels if name != "background"]
+    classes = sorted(json.loads(text)["classes"], key=lambda c: c["index"])
+    return [c["name"] for c in classes]
+
+
+def image_file_name(url: str) -> str:
+    """A task's image URL (a local-files URL, gs://, http(s)://) -> the image's file name."""
+    parsed = urllib.parse.urlparse(url)
+    query = urllib.parse.parse_qs(parsed.query)
+    path = query["d"][0] if "d" in query else parsed.path
+    return posixpath.basename(urllib.parse.unquote(path))
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+    from pipelines import coco_to_tfrecord
+    known, beam_args = make_parser().parse_known_args(argv)
+    with FileSystems.open(known.export) as handle:
+        items = json.loads(handle.read())
+    if not isinstance(items, list):
+        raise SystemExit(f"segpipe dataset labelstudio: {known.export} is not a Label Studio JSON export (a list of tasks)")
+    class_names = read_class_names(known.classes)
+    coco, unused = export_to_coco(items, class_names, image_file_name)
+    workdir = tempfile.mkdtemp(prefix="segpipe-labelstudio-")
+    annotations = os.path.join(workdir, "annotations.json")
+    with open(annotations, "w") as handle:
+        json.dump(coco, handle)
+    classes = os.path.join(workdir, "classes.json")
+    with open(classes, "w") as handle:  # category id k -> mask index k: the model's own numbering
+        json.dump({str(k): k for k in range(1, len(class_names))}, handle)
+    try:
+        result = coco_to_tfrecord.run(
+            ["--annotations", annotations, "--images", known.images, "--output_dir", known.output_dir,
+             "--classes", classes, "--split", known.split, "--val_fraction", str(known.val_fraction),
+             "--num_shards", str(known.num_shards), *(["--overwrite"] if known.overwrite else []), *beam_args],
+            save_main_session=save_main_session, test_pipeline=test_pipeline)
+    finally:
+        for path in (annotations, classes):
+            os.remove(path)
+        os.rmdir(workdir)
+    write_json(f"{known.output_dir.rstrip('/')}/labelstudio_unused.json",
+               [{"task": task, "reason": reason} for task, reason in unused])
+    print(f"segpipe dataset labelstudio: {len(coco['images'])} tasks converted, {len(unused)} not used "
+          f"(labelstudio_unused.json)", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()
