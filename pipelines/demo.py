@@ -2,7 +2,8 @@
 
     generate a procedural aerial world (COCO JSON + JPEGs, and a 4096x4096 GeoTIFF mosaic)
     -> coco_to_tfrecord (train + val split) -> segmodel.train (tiny configuration)
-    -> segmodel.evaluate -> batch_segment (held-back scenes and the GeoTIFF) -> report
+    -> segmodel.evaluate -> batch_segment (held-back scenes and the GeoTIFF)
+    -> one round of the labeling loop (pipelines.labeling_loop) -> report
 
     python -m pipelines.demo --output_dir demo_output [--quick]
 """
@@ -28,7 +29,7 @@ def run_demo(output_dir: str, config: DemoConfig) -> dict:
     started = time.time()
     out = os.path.abspath(output_dir)
     world, holdout = f"{out}/world", f"{out}/holdout"
-    t = _stage("1/6 generating the demo world")
+    t = _stage("1/7 generating the demo world")
     annotations = demo_data.write_coco_dataset(world, config.num_images, config.image_size, config.seed)
     demo_data.write_coco_dataset(holdout, config.num_holdout, config.image_size, config.seed,
                                  first_id=config.num_images + 1)
@@ -36,31 +37,40 @@ def run_demo(output_dir: str, config: DemoConfig) -> dict:
     print(f"{config.num_images} scenes + {config.num_holdout} held back + a {config.mosaic_size}^2 GeoTIFF "
           f"({time.time() - t:.0f}s)")
 
-    _stage("2/6 dataset: coco_to_tfrecord")
+    _stage("2/7 dataset: coco_to_tfrecord")
     coco_to_tfrecord.run(["--annotations", annotations, "--images", f"{world}/images", "--output_dir",
                           f"{out}/dataset", "--val_fraction", str(config.val_fraction), "--overwrite"])
 
-    _stage("3/6 training (tiny FCN-8s on the CPU)")
+    _stage("3/7 training (tiny FCN-8s on the CPU)")
     history = train.main(["--progress", "2", "--train_data", f"{out}/dataset/train-*.tfrecord", "--val_data",
                           f"{out}/dataset/val-*.tfrecord", "--model_dir", f"{out}/model", "--config", "tiny",
                           "--epochs", str(config.epochs), "--image_size", "128"])
 
-    _stage("4/6 evaluation")
+    _stage("4/7 evaluation")
     # "road" also scored as the KITTI road benchmark scores it (MaxF, AP, the rubric rates)
     metrics = evaluate.main(["--model", f"{out}/model", "--data", f"{out}/dataset/val-*.tfrecord",
                              "--output", f"{out}/metrics.json", "--positive_class", "road"])
 
-    _stage("5/6 batch segmentation of held-back scenes and the GeoTIFF")
+    _stage("5/7 batch segmentation of held-back scenes and the GeoTIFF")
     batch_segment.run(["--model", f"{out}/model", "--input", f"{holdout}/images/*", "--output_dir",
                        f"{out}/segmentation", "--tile_size", str(config.tile_size), "--overlays"])
 
-    _stage("6/6 report")
+    _stage("6/7 one round of the labeling loop (pool -> review -> Label Studio export -> fine-tune)")
+    from pipelines import labeling_loop
+    loop = labeling_loop.run_loop(out, f"{out}/model", f"{out}/dataset", f"{holdout}/annotations.json",
+                                  f"{holdout}/images", config.loop_pool, config.loop_count, config.loop_epochs,
+                                  config.image_size, config.seed)
+    print(f"held-back mean IoU: base {loop['base']:.3f}; +{config.loop_count} most uncertain {loop['uncertain']:.3f}, "
+          f"+{config.loop_count} random {loop['random']:.3f}, no new labels {loop['no_new_labels']:.3f}")
+
+    _stage("7/7 report")
     page = report.build_report(f"{out}/report", f"{out}/dataset", f"{out}/model", f"{out}/metrics.json",
-                               f"{out}/segmentation", f"{out}/dataset/val-*.tfrecord", title="segpipe demo")
+                               f"{out}/segmentation", f"{out}/dataset/val-*.tfrecord", title="segpipe demo",
+                               loop=f"{out}/loop/loop.json")
     print(f"\nvalidation mean IoU: {metrics['mean_iou']:.3f} (pixel accuracy {metrics['pixel_accuracy']:.3f}); "
           f"demo took {time.time() - started:.0f}s")
     print(f"report: {page}")
-    return {"metrics": metrics, "history": history, "report": page}
+    return {"metrics": metrics, "history": history, "report": page, "loop": loop}
 
 
 def main(argv=None):

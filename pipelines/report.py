@@ -26,10 +26,15 @@ from segcli.report import make_parser
 from segformat.masks import IGNORE_INDEX
 
 LOG = logging.getLogger(__name__)
+# Classes drawn or listed at most per chart or table (the rest are summarised): what stays
+# legible on a laptop screen; a model of 133 or 200 classes is shown by its largest or worst.
+MAX_ROWS = 40
+MAX_MATRIX = 20
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f4f4f4}img{max-width:100%}.grid img{width:24%;margin:0.2%}.queue{white-space:nowrap}.queue img{height:96px;margin:2px}
-.muted{color:#777}section{margin-top:2em}"""
+.muted{color:#777}section{margin-top:2em}.path{text-align:left;max-width:22em;overflow-wrap:anywhere}
+.legend span.swatch{display:inline-block;width:12px;height:12px;margin-left:6px}"""
 
 
 def _save_png(array: np.ndarray, path: str, max_side: int = 512) -> None:
@@ -63,15 +68,22 @@ def dataset_section(out: str, dataset: str) -> str:
     if not stats:
         return ""
     pixels = stats["pixels_per_class"]
-    names, values = list(pixels), [pixels[n] for n in pixels]
+    index = {n: (IGNORE_INDEX if n == "ignore" else k) for k, n in enumerate(pixels)}
+    # Present classes only, largest first, as horizontal bars whose labels never overlap: a
+    # dataset of 133 COCO panoptic classes stays readable (the rest counted in the title).
+    present = sorted((n for n in pixels if pixels[n] > 0), key=lambda n: -pixels[n])
+    shown = present[:MAX_ROWS]
 
     def draw(fig, ax):
-        ax.bar(names, values, color=[np.array(palette()[i if n != "ignore" else IGNORE_INDEX]) / 255
-                                     for i, n in enumerate(names)], edgecolor="black")
-        ax.set_yscale("log")
-        ax.set_ylabel("pixels")
-        ax.set_title("class pixel histogram")
-    _figure(f"{out}/class_histogram.png", draw)
+        ax.barh(range(len(shown)), [pixels[n] for n in shown], color=[np.array(palette()[index[n]]) / 255
+                                                                     for n in shown], edgecolor="black")
+        ax.set_yticks(range(len(shown)), shown, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("pixels")
+        hidden = len(pixels) - len(shown)
+        ax.set_title("class pixel histogram" + (f" ({hidden} more classes absent or smaller)" if hidden else ""))
+    _figure(f"{out}/class_histogram.png", draw, size=(7, 1.2 + 0.22 * max(len(shown), 4)))
     split = ", ".join(f"{k}: {v}" for k, v in stats.get("images_written_by_split", {}).items())
     skipped = stats.get("annotations_skipped", {})
     return (f"<section><h2>Dataset</h2><p>{stats['images_written']} images written ({html.escape(split)}), "
@@ -112,30 +124,46 @@ def training_section(out: str, model: str) -> str:
 def metrics_section(out: str, metrics: dict) -> str:
     if not metrics:
         return ""
-    names = list(metrics["per_class_iou"])
-    cm = np.array(metrics["confusion_matrix"], np.float64)
-    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    all_names = list(metrics["per_class_iou"])
+    cm_all = np.array(metrics["confusion_matrix"], np.float64)
+    # The matrix of the classes with the most true pixels (all of them up to MAX_MATRIX): beyond
+    # that a matrix is a dark square of illegible labels.
+    keep = sorted(np.argsort(-cm_all.sum(1), kind="stable")[:MAX_MATRIX].tolist())
+    names = [all_names[i] for i in keep]
+    cm = cm_all[np.ix_(keep, keep)]
+    rows = cm / np.maximum(cm_all[keep].sum(1, keepdims=True), 1)
 
     def draw(fig, ax):
         im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center",
-                        color="white" if rows[i, j] > 0.5 else "black", fontsize=8)
+                if len(names) <= 12 or rows[i, j] >= 0.01:
+                    ax.text(j, i, f"{rows[i, j]:.2f}", ha="center", va="center",
+                            color="white" if rows[i, j] > 0.5 else "black", fontsize=7)
         fig.colorbar(im, ax=ax)
-        ax.set_title("confusion matrix (rows normalised)")
-    _figure(f"{out}/confusion_matrix.png", draw, size=(5.5, 4.5))
+        title = "confusion matrix (rows normalised)"
+        ax.set_title(title if len(keep) == len(all_names) else
+                     f"{title}: the {len(keep)} classes with most true pixels of {len(all_names)}", fontsize=9)
+    side = 4.5 + 0.3 * len(names)
+    _figure(f"{out}/confusion_matrix.png", draw, size=(side + 1, side))
     columns = ("per_class_iou", "per_class_precision", "per_class_recall", "per_class_f1")
 
     def cell(key, name):
         value = metrics.get(key, {}).get(name)
         return "-" if value is None else f"{value:.3f}"
+    # Classes seen in truth or prediction only, worst IoU first: what to look at comes first.
+    listed = sorted((n for n in all_names if metrics["per_class_iou"].get(n) is not None),
+                    key=lambda n: metrics["per_class_iou"][n])
+    absent = len(all_names) - len(listed)
     table = "".join(f"<tr><td style='text-align:left'>{html.escape(n)}</td>"
-                    + "".join(f"<td>{cell(key, n)}</td>" for key in columns) + "</tr>" for n in names)
+                    + "".join(f"<td>{cell(key, n)}</td>" for key in columns) + "</tr>" for n in listed)
+    if absent:
+        table += (f"<tr><td colspan='5' class='muted' style='text-align:left'>{absent} classes neither in the "
+                  "truth nor predicted</td></tr>")
     summary = ", ".join(f"{k.replace('_', ' ')} <b>{metrics[k]:.3f}</b>" for k in
                         ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou"))
     return (f"<section><h2>Evaluation</h2><p>{summary}</p>{road_paragraph(metrics.get('road'))}<table><tr>"
@@ -202,8 +230,9 @@ def review_section(out: str, segmentation: str, limit: int = 12) -> str:
                           f"<img src='review_{k}_overlay.png' alt='prediction overlay'>")
             except Exception as e:  # a thumbnail is not worth failing the report
                 LOG.warning("no thumbnail for %s: %s", entry["input"], e)
-        fractions = ", ".join(f"{n} {v:.0%}" for n, v in entry["class_fraction"].items())
-        rows.append(f"<tr><td>{k + 1}</td><td style='text-align:left'>{html.escape(entry['input'])}</td>"
+        top = sorted(((v, n) for n, v in entry["class_fraction"].items() if v > 0), reverse=True)
+        fractions = ", ".join(f"{n} {v:.0%}" for v, n in top[:4]) + (f", +{len(top) - 4} more" if len(top) > 4 else "")
+        rows.append(f"<tr><td>{k + 1}</td><td class='path'>{html.escape(entry['input'])}</td>"
                     f"<td>{entry['review_priority']:.3f}</td><td>{entry['mean_confidence']:.3f}</td>"
                     f"<td style='text-align:left'>{html.escape(fractions)}</td><td class='queue'>{thumbs}</td></tr>")
     return ("<section><h2>Review queue</h2><p class='muted'>Most uncertain first (review priority = mean pixel "
@@ -235,19 +264,44 @@ def geotiff_section(out: str, segmentation: str, max_side: int = 1024) -> str:
     return "<section><h2>GeoTIFF masks</h2>" + "".join(parts) + "</section>"
 
 
+def loop_section(loop: str) -> str:
+    """The labeling loop's round (pipelines.labeling_loop): held-back mean IoU per arm."""
+    doc = _read_json(loop) if loop else None
+    if not doc:
+        return ""
+    rows = [("the trained model", doc["base"]),
+            (f"+ {doc['labeled']} most uncertain scenes, corrected", doc["uncertain"]),
+            (f"+ {doc['labeled']} random scenes, corrected", doc["random"]),
+            ("no new labels (the same extra epochs)", doc["no_new_labels"])]
+    table = "".join(f"<tr><td style='text-align:left'>{html.escape(name)}</td><td>{value:.3f}</td>"
+                    f"<td>{value - doc['base']:+.3f}</td></tr>" for name, value in rows)
+    return (f"<section><h2>Labeling loop</h2><p>One round: the model segmented {doc['pool']} unlabeled scenes; "
+            f"{doc['labeled']} were picked by <code>segpipe review</code>, their true masks went through a Label "
+            f"Studio export and <code>segpipe dataset labelstudio</code>, and the model was fine-tuned for "
+            f"{doc['epochs']} epochs. Mean IoU on {doc.get('test_images', '?')} held-back scenes:</p><table><tr>"
+            f"<th>arm</th><th>mean IoU</th><th>change</th></tr>{table}</table></section>")
+
+
 def build_report(output: str, dataset: str = "", model: str = "", metrics: str = "", segmentation: str = "",
-                 data: str = "", samples: int = 6, title: str = "segpipe report") -> str:
+                 data: str = "", samples: int = 6, title: str = "segpipe report", loop: str = "") -> str:
     os.makedirs(output, exist_ok=True)
     metrics_doc = _read_json(metrics) if metrics else None
     legend = ""
     classes = _read_json(f"{model}/classes.json") if model else None
     if classes:
-        legend = "<p>" + " ".join(
-            f"<span style='display:inline-block;width:12px;height:12px;background:rgb{tuple(int(v) for v in palette()[c['index']])}'></span> "
-            f"{html.escape(c['name'])}" for c in classes["classes"]) + "</p>"
+        entries = classes["classes"]
+        if len(entries) > MAX_ROWS and metrics_doc:  # many classes: those the evaluation saw
+            seen = {n for n, v in metrics_doc.get("per_class_iou", {}).items() if v is not None}
+            entries = [c for c in entries if c["name"] in seen]
+        legend = "<p class='legend'>" + " ".join(
+            f"<span class='swatch' style='background:rgb{tuple(int(v) for v in palette()[c['index']])}'></span> "
+            f"{html.escape(c['name'])}" for c in entries) + (
+            f" <span class='muted'>({len(classes['classes']) - len(entries)} classes not in the evaluation)</span>"
+            if len(entries) < len(classes["classes"]) else "") + "</p>"
     body = "".join([dataset_section(output, dataset) if dataset else "", training_section(output, model),
                     metrics_section(output, metrics_doc), samples_section(output, model, data, samples),
-                    review_section(output, segmentation), geotiff_section(output, segmentation)])
+                    review_section(output, segmentation), geotiff_section(output, segmentation),
+                    loop_section(loop)])
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<link rel='icon' href='data:,'><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{legend}"
             f"{body}</body></html>")

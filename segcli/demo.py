@@ -17,9 +17,12 @@ class DemoConfig:
     val_fraction: float = 0.1  # ~30 scenes: enough for a stable validation mean IoU
     tile_size: int = 512  # batch segmentation's default, so the demo runs what users run
     seed: int = 2026  # the world, the split and the training are the same on every run
+    loop_pool: int = 96  # unlabeled scenes the labeling loop's model segments and reviews
+    loop_count: int = 12  # scenes "corrected" per arm: a small batch, where the choice matters
+    loop_epochs: int = 5  # fine-tuning epochs per arm (a quarter of the first training)
 
 
-QUICK = dict(num_images=24, num_holdout=3, mosaic_size=512, epochs=1)
+QUICK = dict(num_images=24, num_holdout=3, mosaic_size=512, epochs=1, loop_pool=6, loop_count=2, loop_epochs=1)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -125,6 +125,11 @@ def test_quick_demo_runs_every_stage(quick_demo):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result["metrics"]
     assert metrics["road"]["class"] == "road" and 0 <= metrics["road"]["max_f"] <= 1
+    loop = json.loads((out / "loop/loop.json").read_text())  # the labeling loop ran, every arm scored
+    assert loop == result["loop"] and loop["labeled"] == 2 and loop["test_images"] == 3
+    assert all(0 <= loop[arm] <= 1 for arm in ("base", "uncertain", "random", "no_new_labels"))
+    assert len(json.loads((out / "loop/uncertain/export.json").read_text())) == 2
+    assert "Labeling loop" in (out / "report/index.html").read_text()
     # The mean IoU recomputed here with NumPy from the exported model's predictions on the
     # validation records (the FCN paper's definition: classes absent from truth and prediction
     # left out, 255 excluded), not with segmodel.metrics.
@@ -158,7 +163,8 @@ def find_chromium():
 
 
 @pytest.mark.slow
-def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
+def chromium(tmp_path):
+    """A headless Chromium driven by selenium (skipped, or failed in CI, when it is not installed)."""
     paths = find_chromium()
     if paths is None:
         message = "Debian's chromium and chromium-driver are not installed (make browser)"
@@ -167,7 +173,6 @@ def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
         pytest.skip(message)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    out, result = quick_demo
     options = webdriver.ChromeOptions()
     options.binary_location = paths[0]
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -175,7 +180,12 @@ def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(paths[1]), options=options)
+    return webdriver.Chrome(service=Service(paths[1]), options=options)
+
+
+def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
+    out, result = quick_demo
+    driver = chromium(tmp_path)
     try:
         driver.get(Path(result["report"]).as_uri())
         images = driver.execute_script(
@@ -186,7 +196,68 @@ def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
         driver.quit()
     assert errors == []
     assert len(images) >= 10 and all(ok for _, ok in images), [src for src, ok in images if not ok]
-    assert headings == ["Dataset", "Training", "Evaluation", "Validation samples", "Review queue", "GeoTIFF masks"]
+    assert headings == ["Dataset", "Training", "Evaluation", "Validation samples", "Review queue", "GeoTIFF masks",
+                        "Labeling loop"]
+
+
+@pytest.mark.slow
+def test_the_report_stays_readable_with_134_classes(tmp_path):
+    """COCO panoptic's 133 classes and background, 30 of them present: the page does not scroll
+    sideways, the IoU table lists the present classes worst first, the histogram draws only them
+    (one bar per present class, its height growing with their number), the confusion matrix
+    keeps its 20 largest classes, the legend only the classes evaluated. A screenshot is kept
+    beside the page (report_134_classes.png) for a person to look at."""
+    from pipelines import report
+    names = ["background"] + [f"class with a long name {k}" for k in range(1, 134)]
+    present = list(range(0, 134, 4))[:30]
+    rng = np.random.default_rng(0)
+    cm = np.zeros((134, 134), np.int64)
+    for i in present:
+        cm[i, i] = rng.integers(1000, 100000)
+        cm[i, present[(present.index(i) + 1) % len(present)]] = rng.integers(0, 5000)
+    iou = {n: None for n in names}
+    for i in present:
+        iou[names[i]] = float(cm[i, i] / (cm[i].sum() + cm[:, i].sum() - cm[i, i]))
+    metrics = {"mean_iou": 0.5, "pixel_accuracy": 0.8, "mean_accuracy": 0.6, "frequency_weighted_iou": 0.7,
+               "per_class_iou": iou, "confusion_matrix": cm.tolist()}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/stats.json").write_text(json.dumps({
+        "images_written": 10, "images_rejected": 0,
+        "pixels_per_class": {n: int(cm[k].sum()) for k, n in enumerate(names)}}))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model/classes.json").write_text(json.dumps({"classes": [{"index": k, "name": n}
+                                                                         for k, n in enumerate(names)]}))
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    (seg / "summary.jsonl").write_text("".join(json.dumps({
+        "input": f"gs://a-bucket-with-a-long-name/and/a/deep/folder/structure/image_{k:012d}.jpg",
+        "mask": str(seg / f"m{k}.tif"), "review_priority": 0.5, "mean_confidence": 0.5,
+        "class_fraction": {n: 1 / 134 for n in names}}) + "\n" for k in range(3)))
+    page = report.build_report(str(tmp_path / "report"), str(tmp_path / "data"), str(tmp_path / "model"),
+                               str(tmp_path / "metrics.json"), str(seg))
+    text = Path(page).read_text()
+    legend = text.split("<p class='legend'>")[1].split("</p>")[0]
+    assert legend.count("swatch") == len(present) and "104 classes not in the evaluation" in legend
+    table = text.split("<th>F1</th></tr>")[1].split("</table>")[0]
+    listed = [row.split("</td>")[0].split(">")[-1] for row in table.split("<tr>")[1:-1]]
+    assert listed == sorted((names[i] for i in present), key=lambda n: iou[n])  # worst first, present only
+    assert "104 classes neither in the truth nor predicted" in table
+    assert "+130 more" in text  # the review queue lists a few classes per image, not 134
+    driver = chromium(tmp_path)
+    try:
+        driver.get(Path(page).as_uri())
+        overflow = driver.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        sizes = driver.execute_script("return Object.fromEntries(Array.from(document.images).map("
+                                      "i => [i.getAttribute('src'), [i.naturalWidth, i.naturalHeight]]))")
+        driver.set_window_size(1200, driver.execute_script("return document.body.scrollHeight") + 100)
+        driver.save_screenshot(str(tmp_path / "report" / "report_134_classes.png"))
+    finally:
+        driver.quit()
+    assert overflow <= 0, overflow
+    histogram_height = sizes["class_histogram.png"][1]
+    assert 100 * (1.2 + 0.22 * 30) - 5 <= histogram_height <= 100 * (1.2 + 0.22 * 30) + 5  # 30 bars, not 134
+    assert sizes["confusion_matrix.png"][1] == 100 * (4.5 + 0.3 * 20)  # the 20 largest classes
 
 
 def test_bad_command_lines_are_one_clear_line_and_a_non_zero_exit(tmp_path, capsys):
