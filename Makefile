@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast browser bench mutate clean
+.PHONY: demo test test-fast fuzz browser bench mutate clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 # Everything but the tests marked slow (training, whole pipelines on real models): under a minute.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Fuzzing with new draws and a larger budget than CI's fixed one (tests/test_fuzz.py): N examples
+# per property (N/20 whole COCO jobs, N/10 command lines). N=10000: about a quarter of an hour.
+N ?= 10000
+fuzz: $(STAMP)
+	SEGPIPE_FUZZ_EXAMPLES=$(N) $(PY) -m pytest -q tests/test_fuzz.py
 
 # Debian's chromium and chromedriver for the report's browser test (root, or sudo).
 browser:
