@@ -166,7 +166,15 @@ def metrics_section(out: str, metrics: dict) -> str:
                   "truth nor predicted</td></tr>")
     summary = ", ".join(f"{k.replace('_', ' ')} <b>{metrics[k]:.3f}</b>" for k in
                         ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou"))
-    return (f"<section><h2>Evaluation</h2><p>{summary}</p>{road_paragraph(metrics.get('road'))}<table><tr>"
+    confused = ""
+    if len(keep) < len(all_names):  # the matrix shows only some classes: the worst confusions of all
+        shares = cm_all / np.maximum(cm_all.sum(1, keepdims=True), 1)
+        np.fill_diagonal(shares, 0)
+        pairs = [divmod(int(k), len(all_names)) for k in np.argsort(-shares, axis=None)[:10]]
+        confused = ("<p>Most confused (share of the true class's pixels): " + "; ".join(
+            f"{html.escape(all_names[i])} &rarr; {html.escape(all_names[j])} {shares[i, j]:.1%}"
+            for i, j in pairs if shares[i, j] > 0) + "</p>")
+    return (f"<section><h2>Evaluation</h2><p>{summary}</p>{road_paragraph(metrics.get('road'))}{confused}<table><tr>"
             "<th>class</th><th>IoU</th><th>precision</th><th>recall</th><th>F1</th></tr>"
             f"{table}</table><img src='confusion_matrix.png' alt='confusion matrix'></section>")
 
@@ -314,7 +322,8 @@ def build_report(output: str, dataset: str = "", model: str = "", metrics: str =
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = make_parser().parse_args(argv)
-    path = build_report(args.output, args.dataset, args.model, args.metrics, args.segmentation, args.data, args.samples)
+    path = build_report(args.output, args.dataset, args.model, args.metrics, args.segmentation, args.data, args.samples,
+                        loop=args.loop)
     print(path)
     return path
 

@@ -129,7 +129,7 @@ def export_to_coco(items: list, class_names, image_name) -> tuple:
     from pycocotools import mask as mask_utils
     categories = [{"id": k, "name": name} for k, name in enumerate(class_names) if k > 0]
     index = {name: k for k, name in enumerate(class_names)}
-    images, annotations, unused = [], [], []
+    images, annotations, unused, seen = [], [], [], set()
     for item in items:
         annotation = chosen_annotation(item)
         if annotation is None:
@@ -140,24 +140,39 @@ def export_to_coco(items: list, class_names, image_name) -> tuple:
         if len(sizes) > 1 or (sizes and None in next(iter(sizes))):
             unused.append((item.get("id"), "inconsistent_image_size"))
             continue
-        image_id = len(images) + 1
         height, width = next(iter(sizes)) if sizes else (item.get("data", {}).get("height"),
                                                          item.get("data", {}).get("width"))
-        images.append({"id": image_id, "file_name": image_name(item["data"]["image"]), "height": height,
-                       "width": width, "label_studio_task": item.get("id")})
+        file_name = image_name(item["data"]["image"])
+        if file_name in seen:  # the same image in two tasks: the first one counts
+            unused.append((item.get("id"), "duplicate_image"))
+            continue
+        converted, problem = [], None
         for result in results:
             kind = result["type"]
             label = (result["value"].get(kind) or [None])[0]
             if label not in index:
-                unused.append((item.get("id"), f"unknown_label:{label}"))
-                continue
-            if kind == "brushlabels":
-                region = decode_brush_rle(result["value"]["rle"], height, width)
-                rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
-                segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
-            else:
-                points = np.asarray(result["value"]["points"], np.float64) * [width / 100.0, height / 100.0]
-                segmentation = [points.reshape(-1).tolist()]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": index[label],
+                problem = f"unknown_label:{label}"
+                break
+            try:
+                if kind == "brushlabels":
+                    region = decode_brush_rle(result["value"]["rle"], height, width)
+                    rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+                    segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
+                else:
+                    points = np.asarray(result["value"]["points"], np.float64) * [width / 100.0, height / 100.0]
+                    segmentation = [points.reshape(-1).tolist()]
+            except (ValueError, TypeError, KeyError) as error:
+                problem = f"malformed_{'rle' if kind == 'brushlabels' else 'polygon'}: {error}"[:200]
+                break
+            converted.append((index[label], segmentation))
+        if problem is not None:  # one bad region: the task is not used (a partly labelled mask would lie)
+            unused.append((item.get("id"), problem))
+            continue
+        seen.add(file_name)
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width,
+                       "label_studio_task": item.get("id")})
+        for category, segmentation in converted:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
                                 "segmentation": segmentation, "iscrowd": 0})
     return {"images": images, "annotations": annotations, "categories": categories}, unused

@@ -244,6 +244,10 @@ def test_the_report_stays_readable_with_134_classes(tmp_path):
     assert listed == sorted((names[i] for i in present), key=lambda n: iou[n])  # worst first, present only
     assert "104 classes neither in the truth nor predicted" in table
     assert "+130 more" in text  # the review queue lists a few classes per image, not 134
+    shares = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    np.fill_diagonal(shares, 0)
+    i, j = np.unravel_index(np.argmax(shares), shares.shape)
+    assert f"Most confused (share of the true class's pixels): {names[i]} &rarr; {names[j]} {shares[i, j]:.1%}" in text
     driver = chromium(tmp_path)
     try:
         driver.get(Path(page).as_uri())
@@ -251,7 +255,7 @@ def test_the_report_stays_readable_with_134_classes(tmp_path):
         sizes = driver.execute_script("return Object.fromEntries(Array.from(document.images).map("
                                       "i => [i.getAttribute('src'), [i.naturalWidth, i.naturalHeight]]))")
         driver.set_window_size(1200, driver.execute_script("return document.body.scrollHeight") + 100)
-        driver.save_screenshot(str(tmp_path / "report" / "report_134_classes.png"))
+        driver.save_screenshot(str(tmp_path / "report" / "report_134_classes.png"))  # docs/ holds one
     finally:
         driver.quit()
     assert overflow <= 0, overflow

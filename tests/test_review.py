@@ -154,3 +154,30 @@ def test_a_label_studio_export_becomes_a_dataset_and_skipped_tasks_are_reported(
     assert unused == [{"task": 3, "reason": "skipped"}, {"task": 4, "reason": "not_annotated"}]
     classes = json.loads((tmp_path / "out/classes.json").read_text())
     assert [c["name"] for c in sorted(classes["classes"], key=lambda c: c["index"])] == NAMES
+
+
+def test_bad_items_of_a_label_studio_export_are_listed_with_reasons_and_the_rest_converted():
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from segformat.label_studio import export_to_coco
+    region = np.zeros((4, 6), np.uint8)
+    region[1:3, 2:5] = 255
+
+    def item(k, image, results, cancelled=False):
+        return {"id": k, "data": {"image": image}, "annotations": [{"id": k, "result": results,
+                                                                      "was_cancelled": cancelled}]}
+
+    def brush(label, rle, h=4, w=6):
+        return {"type": "brushlabels", "original_height": h, "original_width": w,
+                "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}
+    good = mask2rle(region)
+    items = [item(1, "a.png", [brush("road", good)]),
+             item(2, "b.png", [brush("lava", good)]),                    # a label not in the class table
+             item(3, "c.png", [brush("road", good[:5])]),                # RLE cut short
+             item(4, "d.png", [brush("road", mask2rle(np.zeros((5, 6), np.uint8)))]),  # a mask of another size
+             item(5, "a.png", [brush("road", good)]),                    # the same image again
+             item(6, "e.png", [brush("road", good)], cancelled=True)]
+    coco, unused = export_to_coco(items, NAMES, lambda url: url)
+    assert [i["file_name"] for i in coco["images"]] == ["a.png"] and len(coco["annotations"]) == 1
+    reasons = {task: reason.split(":")[0] for task, reason in unused}
+    assert reasons == {2: "unknown_label", 3: "malformed_rle", 4: "malformed_rle", 5: "duplicate_image", 6: "skipped"}
