@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Everything but the tests marked slow (training, whole pipelines on real models): under a minute.
+# Everything but the tests marked slow (training, whole pipelines on real models): about two minutes.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
