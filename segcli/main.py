@@ -3,6 +3,7 @@
     segpipe dataset coco  ...   COCO JSON + images -> TFRecords     (pipelines.coco_to_tfrecord)
     segpipe dataset masks ...   image + mask pairs -> TFRecords     (pipelines.masks_to_tfrecord)
     segpipe dataset labelstudio ...  Label Studio export -> TFRecords  (pipelines.labelstudio_to_tfrecord)
+    segpipe dataset raster ...  GeoTIFF scenes + label rasters -> chips -> TFRecords  (pipelines.raster_to_tfrecord)
     segpipe train ...           train an FCN                        (segmodel.train)
     segpipe evaluate ...        metrics.json at full image size     (segmodel.evaluate)
     segpipe segment ...         batch segmentation with Beam        (pipelines.batch_segment)
@@ -30,6 +31,7 @@ COMMANDS = {
     ("dataset", "coco"): ("segcli.coco", "pipelines.coco_to_tfrecord", "run", True, False),
     ("dataset", "masks"): ("segcli.masks", "pipelines.masks_to_tfrecord", "run", True, False),
     ("dataset", "labelstudio"): ("segcli.labelstudio", "pipelines.labelstudio_to_tfrecord", "run", True, False),
+    ("dataset", "raster"): ("segcli.raster", "pipelines.raster_to_tfrecord", "run", True, False),
     ("train",): ("segcli.train", "segmodel.train", "main", False, True),
     ("evaluate",): ("segcli.evaluate", "segmodel.evaluate", "main", False, True),
     ("segment",): ("segcli.segment", "pipelines.batch_segment", "run", True, True),

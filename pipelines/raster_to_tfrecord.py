@@ -1,0 +1,232 @@
+"""GeoTIFF scenes + label rasters -> chips -> sharded TFRecords (``segpipe dataset raster``).
+
+    segpipe dataset raster --scenes 'SCENES/*.tif' --labels 'LABELS/*.tif' --mask_colors COLORS.json \\
+        --output_dir OUT [--chip_size 512] [--stride 512] [--bands 4,3,2] [--max_nodata 0.5] \\
+        [--val_fraction 0.1] [Beam options]
+
+Scenes and label rasters pair by file stem (``--scene_key_regex`` / ``--label_key_regex`` as in
+the pairs job). A label raster must share its scene's grid (CRS, transform, size); one that does
+not is an error record (``labels_do_not_align``; reprojecting label rasters or rasterizing vector
+labels is not done yet). Each scene's header is read once to plan its chips (``--chip_size``
+windows every ``--stride`` pixels, the last row and column flush with the edge); the chips, only
+their descriptions, are spread over the workers, and each worker reads its chip's two windows.
+
+One pixel path with batch segmentation: a chip's pixels come from ``pipelines.rasters``'s
+``open_geotiff`` (band choice, and for non-8-bit scenes the per-scene 2nd-98th percentile
+stretch) and ``read_window``, the functions ``segpipe segment`` reads its windows with, so a
+model sees the same pixel values in training and inference. Mask rules: COLORS.json as in
+``masks_to_tfrecord``; 255 where the scene or the label raster is nodata; a chip with more than
+``--max_nodata`` of 255 pixels is skipped and counted (``chips_skipped/nodata``); an unmapped label
+value is an error record for that chip.
+
+OUT gets the dataset (shards, dataset.json, stats.json, classes.json, errors.jsonl) and
+``chips.geojson``: one feature per written chip, its footprint in WGS84 (RFC 7946) and as
+properties the scene, the window (row, col, height, width), the split, the scene CRS and the
+chip's own affine transform. Chip images are PNG (written under ``OUT/.staging/chips`` for the
+shard writer to read back, then removed).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import images as image_checks
+from pipelines import rasters
+from pipelines.coco_to_tfrecord import split_for
+from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
+                                      reject_image)
+from pipelines.masks_to_tfrecord import ColorMap, pair_key
+from pipelines.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
+from pipelines.storage import write_atomic, write_json
+from segcli.raster import RasterConfig, make_parser
+from segformat.masks import IGNORE_INDEX, class_pixel_counts
+from segmodel import tiling
+
+LOG = logging.getLogger(__name__)
+INDEX = "index"
+
+
+def chip_windows(height: int, width: int, chip: int, stride: int) -> list:
+    """[(row, col, h, w)]: chips every ``stride`` pixels, the last ones flush with the edge."""
+    overlap = max(0, chip - stride)
+    rows = tiling.tile_starts(height, chip, overlap) if stride <= chip else list(range(0, max(height - chip, 0) + 1,
+                                                                                      stride))
+    cols = tiling.tile_starts(width, chip, overlap) if stride <= chip else list(range(0, max(width - chip, 0) + 1,
+                                                                                      stride))
+    return [(r, c, min(chip, height - r), min(chip, width - c)) for r in rows for c in cols]
+
+
+def grids_match(scene, labels) -> bool:
+    return (scene.width, scene.height) == (labels.width, labels.height) and scene.crs == labels.crs \
+        and np.allclose(tuple(scene.transform)[:6], tuple(labels.transform)[:6], rtol=0, atol=1e-9)
+
+
+class PlanChipsFn(beam.DoFn):
+    """(key, {scene: [path], labels: [path]}) -> chip descriptions, or an error record."""
+
+    def __init__(self, config: RasterConfig, scenes_root: str):
+        self.config, self.scenes_root = config, scenes_root
+
+    def process(self, element):
+        key, grouped = element
+        scenes, labels = sorted(grouped["scene"]), sorted(grouped["labels"])
+        if len(scenes) != 1 or len(labels) != 1:
+            reason = "scene_without_labels" if not labels else "labels_without_scene" if not scenes else "ambiguous_pair"
+            yield from reject_image((scenes or labels)[0], reason, f"key {key!r}: scenes {scenes}, labels {labels}")
+            return
+        scene, label = scenes[0], labels[0]
+        rel = image_checks.relative_to(scene, self.scenes_root).rsplit(".", 1)[0]
+        try:
+            info = rasters.open_geotiff(scene, rel, self.config.bands)
+            with rasters.open_raster(scene) as src, rasters.open_raster(label) as lab:
+                if not grids_match(src, lab):
+                    raise image_checks.ImageError(
+                        "labels_do_not_align", f"labels {lab.width}x{lab.height} {lab.crs} {tuple(lab.transform)[:6]} "
+                        f"!= scene {src.width}x{src.height} {src.crs} {tuple(src.transform)[:6]}")
+        except image_checks.ImageError as e:
+            yield from reject_image(f"{scene} + {label}", e.reason, e.detail)
+            return
+        except Exception as e:  # an unreadable label raster, a band the scene lacks
+            yield from reject_image(f"{scene} + {label}", "unreadable_raster", str(e)[:300])
+            return
+        windows = chip_windows(info.height, info.width, self.config.chip_size, self.config.stride)
+        count("chips_planned", len(windows))
+        for row, col, h, w in windows:
+            yield scene, label, info, (row, col, h, w)
+
+
+class ChipFn(beam.DoFn):
+    """A chip description -> (split, chip id, RecordRef) with its stats and index feature."""
+
+    def __init__(self, config: RasterConfig, color_map: ColorMap, output_dir: str):
+        self.config, self.color_map, self.output_dir = config, color_map, output_dir
+        self._open = {}
+
+    def _raster(self, path):
+        if path not in self._open:
+            if len(self._open) >= 4:  # a few scenes open per worker: chips of one scene come together
+                for handle in self._open.values():
+                    handle.close()
+                self._open.clear()
+            self._open[path] = rasters.open_raster(path)
+        return self._open[path]
+
+    def teardown(self):
+        for handle in self._open.values():
+            handle.close()
+
+    def process(self, job):
+        from rasterio.windows import Window
+        from PIL import Image
+        scene, label, info, (row, col, h, w) = job
+        chip_id = f"{info.rel}/r{row:06d}_c{col:06d}"
+        try:
+            pixels, valid = rasters.read_window(self._raster(scene), info, row, col, h, w)
+            lab = self._raster(label)
+            window = Window(col, row, w, h)
+            raw = lab.read(window=window).transpose(1, 2, 0)
+            raw = raw[..., 0].copy() if self.color_map.channels == 1 else raw[..., :3].copy()
+            no_label = lab.dataset_mask(window=window) == 0
+            raw[no_label] = self.color_map.colors[0][0] if self.color_map.channels == 3 else \
+                self.color_map.colors[0][0][0]  # any mapped value: these pixels become 255 below
+            mask = self.color_map.apply(raw)
+            mask[no_label | ~valid] = IGNORE_INDEX
+        except image_checks.ImageError as e:
+            yield from reject_image(chip_id, e.reason, e.detail, scene=scene)
+            return
+        except Exception as e:
+            yield from reject_image(chip_id, "unreadable_raster", str(e)[:300], scene=scene)
+            return
+        if (mask == IGNORE_INDEX).mean() > self.config.max_nodata:
+            count("chips_skipped/nodata")
+            yield beam.pvalue.TaggedOutput(STATS, {"chips_skipped/nodata": 1})
+            return
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        path = f"{self.output_dir}/{STAGING}/chips/{chip_id}.png"
+        write_atomic(path, data, "image/png")
+        split = split_for(chip_id, self.config.val_fraction, self.config.split)
+        count("images_written")
+        stats = {"images_written": 1, f"images_written/{split}": 1}
+        stats.update(pixel_stats(class_pixel_counts(mask)))
+        yield beam.pvalue.TaggedOutput(STATS, stats)
+        yield beam.pvalue.TaggedOutput(INDEX, chip_feature(info, chip_id, row, col, h, w, split))
+        yield split, chip_id, RecordRef.of(path, data, "png", h, w, f"{chip_id}.png", chip_id,
+                                           image_checks.encode_mask_png(mask))
+
+
+def chip_feature(info, chip_id: str, row: int, col: int, h: int, w: int, split: str) -> dict:
+    """A GeoJSON feature of a chip: its footprint in WGS84 and where it came from."""
+    from rasterio.transform import Affine
+    from rasterio.warp import transform_geom
+    transform = Affine(*info.transform) * Affine.translation(col, row)
+    corners = [transform * (x, y) for x, y in ((0, 0), (w, 0), (w, h), (0, h), (0, 0))]
+    geometry = {"type": "Polygon", "coordinates": [[list(p) for p in corners]]}
+    if info.crs:
+        geometry = transform_geom(info.crs, "EPSG:4326", geometry)
+    return {"type": "Feature", "geometry": geometry,
+            "properties": {"chip": chip_id, "scene": info.source, "row": row, "col": col, "height": h, "width": w,
+                           "split": split, "crs": info.crs, "transform": list(tuple(transform)[:6])}}
+
+
+def write_index(features: list, output_dir: str) -> None:
+    features = sorted(features, key=lambda f: f["properties"]["chip"])
+    write_json(f"{output_dir}/chips.geojson", {"type": "FeatureCollection", "features": features})
+
+
+def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=None):
+    def keyed(kind, pattern, regex):
+        compiled = re.compile(regex)
+        return (p | f"Match{kind}" >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+                | f"Path{kind}" >> beam.Map(lambda m: m.path)
+                | f"Key{kind}" >> beam.Map(lambda path: (pair_key(path, compiled) or path, path)))
+    pairs = ({"scene": keyed("Scenes", config.scenes, config.scene_key_regex),
+              "labels": keyed("Labels", config.labels, config.label_key_regex)}
+             | "PairScenes" >> beam.CoGroupByKey())
+    planned = pairs | "PlanChips" >> beam.ParDo(PlanChipsFn(config, image_checks.glob_root(config.scenes))
+                                                 ).with_outputs(ERRORS, STATS, main="chips")
+    chips = (planned.chips | "Spread" >> beam.Reshuffle()
+             | "Chip" >> beam.ParDo(ChipFn(config, color_map, config.output_dir)).with_outputs(
+                 ERRORS, STATS, INDEX, main="records"))
+    _ = (chips[INDEX] | "CollectIndex" >> beam.combiners.ToList()
+         | "WriteIndex" >> beam.Map(write_index, config.output_dir))
+    errors = (planned[ERRORS], chips[ERRORS]) | "AllErrors" >> beam.Flatten()
+    stats = (planned[STATS], chips[STATS]) | "AllStats" >> beam.Flatten()
+    classes = p | "Classes" >> beam.Create([color_map.classes_json()])
+    return ({"records": chips.records, "errors": errors, "stats": stats, "classes": classes}
+            | WriteSegmentationDataset(config.output_dir, config.num_shards, description=description))
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+    known, beam_args = make_parser().parse_known_args(argv)
+    try:
+        config = RasterConfig(**vars(known))
+    except ValueError as e:
+        raise SystemExit(f"segpipe dataset raster: {e}") from None
+    with FileSystems.open(config.mask_colors) as handle:
+        color_map = ColorMap.from_json(json.loads(handle.read()))
+    prepare_output_dir(config.output_dir, config.overwrite)
+    started = time.time()
+    p = make_pipeline(beam_args, test_pipeline, save_main_session)
+    build_pipeline(p, config, color_map, description={"command": "segpipe dataset raster", "options": vars(known)})
+    try:
+        return run_and_summarize(p, "raster_to_tfrecord", started, require=("images_written",),
+                                 output_dir=config.output_dir)
+    finally:
+        chips = [m.path for m in FileSystems.match([f"{config.output_dir}/{STAGING}/chips/**"])[0].metadata_list]
+        if chips:
+            FileSystems.delete(chips)
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    run()

@@ -1,0 +1,64 @@
+"""``segpipe dataset raster``: the raster chip converter's settings and command line (the job:
+``pipelines.raster_to_tfrecord``)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+DESCRIPTION = "GeoTIFF scenes + label rasters -> chips -> sharded segmentation TFRecords."
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RasterConfig:
+    scenes: str
+    labels: str
+    mask_colors: str
+    output_dir: str
+    # The training crop and batch segmentation's tile: chips the model sees whole.
+    chip_size: int = 512
+    # No overlap by default: every pixel in one chip; a smaller stride adds overlapping chips.
+    stride: int = 512
+    bands: str | None = None
+    # A chip mostly outside the scene's data (its collar, clouds masked as nodata) teaches little.
+    max_nodata: float = 0.5
+    split: str = "train"
+    val_fraction: float = 0.0
+    num_shards: int = 0
+    scene_key_regex: str = r"^(?P<key>.+)$"
+    label_key_regex: str = r"^(?P<key>.+)$"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if self.chip_size < 32:
+            problems.append(f"chip_size must be at least 32, got {self.chip_size}")
+        if self.stride < 1:
+            problems.append(f"stride must be positive, got {self.stride}")
+        if not 0.0 <= self.max_nodata <= 1.0:
+            problems.append(f"max_nodata must be in [0, 1], got {self.max_nodata}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    defaults = {f.name: f.default for f in dataclasses.fields(RasterConfig)}
+    parser = argparse.ArgumentParser(prog="segpipe dataset raster", description=DESCRIPTION,
+                                     epilog="Flags not listed here go to Beam (--runner, --project, ...).")
+    parser.add_argument("--scenes", required=True, help="glob of GeoTIFF scenes (local or gs://)")
+    parser.add_argument("--labels", required=True, help="glob of label rasters on the scenes' grids")
+    parser.add_argument("--mask_colors", required=True, help="COLORS.json: label value or colour -> class index")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--chip_size", type=int, default=defaults["chip_size"])
+    parser.add_argument("--stride", type=int, default=defaults["stride"])
+    parser.add_argument("--bands", default=defaults["bands"], help="scene bands as RGB, 1-based, e.g. 4,3,2")
+    parser.add_argument("--max_nodata", type=float, default=defaults["max_nodata"],
+                        help="chips with a larger share of nodata (255) pixels are skipped and counted")
+    parser.add_argument("--split", default=defaults["split"])
+    parser.add_argument("--val_fraction", type=float, default=defaults["val_fraction"])
+    parser.add_argument("--num_shards", type=int, default=defaults["num_shards"])
+    parser.add_argument("--scene_key_regex", default=defaults["scene_key_regex"])
+    parser.add_argument("--label_key_regex", default=defaults["label_key_regex"])
+    parser.add_argument("--overwrite", action="store_true")
+    return parser

@@ -1,0 +1,143 @@
+"""segpipe dataset raster on the real Landsat scene in ../shared/testdata with a label raster on
+its grid: chips equal the scene's windows read independently, masks the label values mapped
+(255 where either raster is nodata), mostly-nodata chips skipped and counted, the chip index in
+WGS84, and the same window reads the same pixels through batch segmentation."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from pipelines import raster_to_tfrecord
+from tests.helpers import read_records
+
+VALUES = {10: 1, 20: 2, 30: 3}
+COLORS = {"classes": ["background", "dark", "mid", "bright"],
+          "colors": [{"color": [value], "index": index} for value, index in VALUES.items()]}
+
+
+@pytest.fixture
+def scene_and_labels(tmp_path, testdata):
+    (tmp_path / "scenes").mkdir()
+    (tmp_path / "labels").mkdir()
+    scene = tmp_path / "scenes/landsat.tif"
+    shutil.copy(testdata / "geotiff/RGB.byte.tif", scene)
+    with rasterio.open(scene) as src:
+        band = src.read(1)
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs,
+                       transform=src.transform, nodata=0)
+    labels = np.where(band < 60, 10, np.where(band < 120, 20, 30)).astype(np.uint8)
+    labels[:40] = 0  # a stripe the labeller left out: nodata in the label raster
+    with rasterio.open(tmp_path / "labels/landsat.tif", "w", **profile) as dst:
+        dst.write(labels[None])
+    (tmp_path / "colors.json").write_text(json.dumps(COLORS))
+    return scene, labels
+
+
+def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_labels):
+    scene, labels = scene_and_labels
+    out = tmp_path / "out"
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--labels", str(tmp_path / "labels/*.tif"),
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
+                            "--chip_size", "256", "--stride", "256", "--max_nodata", "0.5"])
+    records = read_records(str(out / "*.tfrecord"))
+    with rasterio.open(scene) as src:
+        height, width = src.height, src.width
+        starts_r, starts_c = [0, 256, height - 256], [0, 256, 512, width - 256]
+        expected_written, skipped = {}, 0
+        for r in starts_r:
+            for c in starts_c:
+                window = Window(c, r, 256, 256)
+                pixels = src.read(window=window).transpose(1, 2, 0)
+                scene_valid = src.dataset_mask(window=window) > 0
+                values = labels[r:r + 256, c:c + 256]
+                mask = np.vectorize(lambda v: VALUES.get(int(v), 255))(values).astype(np.uint8)
+                mask[~scene_valid | (values == 0)] = 255
+                if (mask == 255).mean() > 0.5:
+                    skipped += 1
+                    continue
+                expected_written[f"landsat/r{r:06d}_c{c:06d}"] = (pixels, mask)
+    assert sorted(records) == sorted(expected_written) and skipped > 0
+    import io
+
+    from PIL import Image
+    for chip, (pixels, mask) in expected_written.items():
+        got = np.asarray(Image.open(io.BytesIO(records[chip]["image/encoded"])))
+        assert np.array_equal(got, pixels), chip
+        assert np.array_equal(records[chip]["mask"], mask), chip
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["images_written"] == len(expected_written)
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["splits"]["train"]["examples"] == len(expected_written)
+    index = json.loads((out / "chips.geojson").read_text())
+    assert sorted(f["properties"]["chip"] for f in index["features"]) == sorted(expected_written)
+    first = next(f for f in index["features"] if f["properties"]["chip"] == "landsat/r000000_c000256")
+    with rasterio.open(scene) as src:
+        from rasterio.warp import transform as reproject_points
+        x, y = src.transform * (256, 0)
+        lon, lat = reproject_points(src.crs, "EPSG:4326", [x], [y])
+    assert first["geometry"]["coordinates"][0][0] == pytest.approx([lon[0], lat[0]], abs=1e-9)
+    assert first["properties"]["transform"][2] == pytest.approx(x)
+    assert not list((out / ".staging").rglob("*.png"))
+
+
+def test_a_chip_reads_the_same_pixels_as_batch_segmentation(tmp_path, scene_and_labels):
+    """One pixel path: the dataset job's chip and batch segmentation's window of the same scene,
+    through their own entry points (here a 16-bit scene, so the stretch is in play)."""
+    from pipelines.chunks import ChunkJob, plan_chunks
+    from pipelines.raster_to_tfrecord import ChipFn, PlanChipsFn
+    from pipelines.masks_to_tfrecord import ColorMap
+    from segcli.raster import RasterConfig
+    scene, _ = scene_and_labels
+    with rasterio.open(scene) as src:
+        profile = dict(src.profile, dtype="uint16", nodata=None)
+        data = src.read().astype(np.uint16) * 200 + 17
+    wide = tmp_path / "scenes/landsat16.tif"
+    with rasterio.open(wide, "w", **profile) as dst:
+        dst.write(data)
+    shutil.copy(tmp_path / "labels/landsat.tif", tmp_path / "labels/landsat16.tif")
+    config = RasterConfig(scenes=str(tmp_path / "scenes/*.tif"), labels="", mask_colors="", output_dir=str(tmp_path / "o"),
+                          chip_size=256, stride=256, max_nodata=1.0)
+    jobs = list(PlanChipsFn(config, str(tmp_path / "scenes")).process(
+        ("landsat16", {"scene": [str(wide)], "labels": [str(tmp_path / "labels/landsat16.tif")]})))
+    chip_job = next(j for j in jobs if j[3][:2] == (256, 512))
+    outputs = list(ChipFn(config, ColorMap.from_json(COLORS), str(tmp_path / "o")).process(chip_job))
+    ref = next(o for o in outputs if isinstance(o, tuple))[2]
+    import io
+
+    from PIL import Image
+    chip_pixels = np.asarray(Image.open(ref.path))
+    chunk = next(c for c in plan_chunks(str(wide), "landsat16", 512, 64, 4096))
+    segment_job = ChunkJob(chunk)
+    segment_job.open()
+    pixels, _ = segment_job.read(256, 512, 256, 256)
+    segment_job.close()
+    assert np.array_equal(chip_pixels, pixels) and pixels.std() > 10
+
+
+def test_misaligned_unpaired_and_unmapped_inputs_are_error_records_and_the_rest_converted(tmp_path, scene_and_labels):
+    scene, labels = scene_and_labels
+    with rasterio.open(scene) as src:
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs,
+                       transform=src.transform * rasterio.Affine.translation(3, 0), nodata=0)
+    shutil.copy(scene, tmp_path / "scenes/shifted.tif")
+    with rasterio.open(tmp_path / "labels/shifted.tif", "w", **profile) as dst:  # a grid 3 pixels off
+        dst.write(labels[None])
+    shutil.copy(scene, tmp_path / "scenes/alone.tif")  # no label raster
+    odd = labels.copy()
+    odd[300:310, 300:310] = 77  # a value COLORS.json does not map
+    with rasterio.open(tmp_path / "labels/odd.tif", "w", **dict(profile, transform=rasterio.open(scene).transform)) as dst:
+        dst.write(odd[None])
+    shutil.copy(scene, tmp_path / "scenes/odd.tif")
+    out = tmp_path / "out"
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--labels", str(tmp_path / "labels/*.tif"),
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
+                            "--chip_size", "256", "--stride", "256"])
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    reasons = sorted(e["reason"] for e in errors)
+    assert reasons == ["labels_do_not_align", "scene_without_labels", "unmapped_mask_color"], errors
+    records = read_records(str(out / "*.tfrecord"))
+    assert {chip.split("/")[0] for chip in records} == {"landsat", "odd"}
+    assert "odd/r000256_c000256" not in records and "landsat/r000256_c000256" in records
