@@ -44,7 +44,7 @@ from pipelines.coco_to_tfrecord import split_for
 from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
                                       reject_image)
 from pipelines.masks_to_tfrecord import ColorMap, pair_key
-from pipelines.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
+from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
 from pipelines.storage import write_atomic, write_json
 from segcli.raster import RasterConfig, make_parser
 from segformat.masks import IGNORE_INDEX, class_pixel_counts
@@ -69,6 +69,61 @@ def grids_match(scene, labels) -> bool:
         and np.allclose(tuple(scene.transform)[:6], tuple(labels.transform)[:6], rtol=0, atol=1e-9)
 
 
+def check_alignment(scene: str, label: str) -> None:
+    with rasters.open_raster(scene) as src, rasters.open_raster(label) as lab:
+        if not grids_match(src, lab):
+            raise image_checks.ImageError(
+                "labels_do_not_align", f"labels {lab.width}x{lab.height} {lab.crs} {tuple(lab.transform)[:6]} "
+                f"!= scene {src.width}x{src.height} {src.crs} {tuple(src.transform)[:6]}")
+
+
+class VectorLabels:
+    """Labelled polygons from a GeoJSON file (read once per worker), rasterized onto any grid.
+
+    The file's CRS is WGS84 (RFC 7946) unless it names another in the old ``crs`` member. A
+    feature's class is its ``attribute``: a value COLORS.json maps (single values), or a class
+    name from its ``classes``. Features are burnt in file order (a later one on top), pixels
+    whose centre falls inside (rasterio.features.rasterize); the rest is class 0 (background).
+    Features without a geometry or with an unknown class are counted and left out."""
+
+    def __init__(self, path: str, attribute: str, color_map: ColorMap):
+        with FileSystems.open(path) as handle:
+            doc = json.loads(handle.read())
+        self.crs = ((doc.get("crs") or {}).get("properties") or {}).get("name") or "EPSG:4326"
+        by_value = {color[0]: index for color, index in color_map.colors} if color_map.channels == 1 else {}
+        by_name = {name: k for k, name in enumerate(color_map.names)}
+        self.features, self.skipped = [], []  # skipped: [(feature number, reason)]
+        for number, feature in enumerate(doc.get("features", [])):
+            geometry = feature.get("geometry")
+            value = (feature.get("properties") or {}).get(attribute)
+            index = by_value.get(value) if isinstance(value, (int, float)) and value == int(value) else None
+            index = by_name.get(str(value)) if index is None else index
+            reason = "no_geometry" if not geometry or not geometry.get("coordinates") else \
+                "unknown_class" if index is None else None
+            if reason:
+                self.skipped.append((number, f"{reason}: {attribute}={value!r}" if reason == "unknown_class" else reason))
+                continue
+            self.features.append((geometry, index))
+        self._projected = {}
+
+    def rasterize(self, crs: str, transform, height: int, width: int) -> np.ndarray:
+        from rasterio.features import rasterize
+        from rasterio.warp import transform_geom
+        if crs not in self._projected:
+            self._projected[crs] = [(transform_geom(self.crs, crs, g), k) for g, k in self.features]
+        shapes = self._projected[crs]
+        if not shapes:
+            return np.zeros((height, width), np.uint8)
+        return rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype="uint8")
+
+
+def vector_errors(path: str, attribute: str, color_map: ColorMap):
+    """Error records for the features of a vector file that cannot be burnt (read once, here)."""
+    for number, reason in VectorLabels(path, attribute, color_map).skipped:
+        count("features_skipped")
+        yield error_record(f"{path}#feature{number}", reason.split(":")[0], reason)
+
+
 class PlanChipsFn(beam.DoFn):
     """(key, {scene: [path], labels: [path]}) -> chip descriptions, or an error record."""
 
@@ -86,11 +141,12 @@ class PlanChipsFn(beam.DoFn):
         rel = image_checks.relative_to(scene, self.scenes_root).rsplit(".", 1)[0]
         try:
             info = rasters.open_geotiff(scene, rel, self.config.bands)
-            with rasters.open_raster(scene) as src, rasters.open_raster(label) as lab:
-                if not grids_match(src, lab):
-                    raise image_checks.ImageError(
-                        "labels_do_not_align", f"labels {lab.width}x{lab.height} {lab.crs} {tuple(lab.transform)[:6]} "
-                        f"!= scene {src.width}x{src.height} {src.crs} {tuple(src.transform)[:6]}")
+            if self.config.vectors:
+                if not info.crs:
+                    raise image_checks.ImageError("scene_without_crs", "vector labels need the scene's CRS")
+                label = None
+            else:
+                check_alignment(scene, label)
         except image_checks.ImageError as e:
             yield from reject_image(f"{scene} + {label}", e.reason, e.detail)
             return
@@ -109,6 +165,11 @@ class ChipFn(beam.DoFn):
     def __init__(self, config: RasterConfig, color_map: ColorMap, output_dir: str):
         self.config, self.color_map, self.output_dir = config, color_map, output_dir
         self._open = {}
+        self.vectors = None
+
+    def setup(self):
+        if self.config.vectors:
+            self.vectors = VectorLabels(self.config.vectors, self.config.class_attribute, self.color_map)
 
     def _raster(self, path):
         if path not in self._open:
@@ -123,22 +184,32 @@ class ChipFn(beam.DoFn):
         for handle in self._open.values():
             handle.close()
 
-    def process(self, job):
+    def _vector_mask(self, info, row: int, col: int, h: int, w: int) -> np.ndarray:
+        from rasterio.transform import Affine
+        return self.vectors.rasterize(info.crs, Affine(*info.transform) * Affine.translation(col, row), h, w)
+
+    def _raster_mask(self, label: str, row: int, col: int, h: int, w: int) -> np.ndarray:
         from rasterio.windows import Window
+        lab = self._raster(label)
+        window = Window(col, row, w, h)
+        raw = lab.read(window=window).transpose(1, 2, 0)
+        raw = raw[..., 0].copy() if self.color_map.channels == 1 else raw[..., :3].copy()
+        no_label = lab.dataset_mask(window=window) == 0
+        raw[no_label] = self.color_map.colors[0][0] if self.color_map.channels == 3 else \
+            self.color_map.colors[0][0][0]  # any mapped value: these pixels become 255 below
+        mask = self.color_map.apply(raw)
+        mask[no_label] = IGNORE_INDEX
+        return mask
+
+    def process(self, job):
         from PIL import Image
         scene, label, info, (row, col, h, w) = job
         chip_id = f"{info.rel}/r{row:06d}_c{col:06d}"
         try:
             pixels, valid = rasters.read_window(self._raster(scene), info, row, col, h, w)
-            lab = self._raster(label)
-            window = Window(col, row, w, h)
-            raw = lab.read(window=window).transpose(1, 2, 0)
-            raw = raw[..., 0].copy() if self.color_map.channels == 1 else raw[..., :3].copy()
-            no_label = lab.dataset_mask(window=window) == 0
-            raw[no_label] = self.color_map.colors[0][0] if self.color_map.channels == 3 else \
-                self.color_map.colors[0][0][0]  # any mapped value: these pixels become 255 below
-            mask = self.color_map.apply(raw)
-            mask[no_label | ~valid] = IGNORE_INDEX
+            mask = self._vector_mask(info, row, col, h, w) if self.vectors is not None else \
+                self._raster_mask(label, row, col, h, w)
+            mask[~valid] = IGNORE_INDEX
         except image_checks.ImageError as e:
             yield from reject_image(chip_id, e.reason, e.detail, scene=scene)
             return
@@ -189,9 +260,13 @@ def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=Non
         return (p | f"Match{kind}" >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
                 | f"Path{kind}" >> beam.Map(lambda m: m.path)
                 | f"Key{kind}" >> beam.Map(lambda path: (pair_key(path, compiled) or path, path)))
-    pairs = ({"scene": keyed("Scenes", config.scenes, config.scene_key_regex),
-              "labels": keyed("Labels", config.labels, config.label_key_regex)}
-             | "PairScenes" >> beam.CoGroupByKey())
+    if config.vectors:  # every scene with the one vector file
+        pairs = (keyed("Scenes", config.scenes, config.scene_key_regex)
+                 | "WithVectors" >> beam.Map(lambda kv: (kv[0], {"scene": [kv[1]], "labels": [config.vectors]})))
+    else:
+        pairs = ({"scene": keyed("Scenes", config.scenes, config.scene_key_regex),
+                  "labels": keyed("Labels", config.labels, config.label_key_regex)}
+                 | "PairScenes" >> beam.CoGroupByKey())
     planned = pairs | "PlanChips" >> beam.ParDo(PlanChipsFn(config, image_checks.glob_root(config.scenes))
                                                  ).with_outputs(ERRORS, STATS, main="chips")
     chips = (planned.chips | "Spread" >> beam.Reshuffle()
@@ -199,7 +274,11 @@ def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=Non
                  ERRORS, STATS, INDEX, main="records"))
     _ = (chips[INDEX] | "CollectIndex" >> beam.combiners.ToList()
          | "WriteIndex" >> beam.Map(write_index, config.output_dir))
-    errors = (planned[ERRORS], chips[ERRORS]) | "AllErrors" >> beam.Flatten()
+    sources = [planned[ERRORS], chips[ERRORS]]
+    if config.vectors:
+        sources.append(p | "VectorFile" >> beam.Create([config.vectors])
+                       | "VectorErrors" >> beam.FlatMap(vector_errors, config.class_attribute, color_map))
+    errors = tuple(sources) | "AllErrors" >> beam.Flatten()
     stats = (planned[STATS], chips[STATS]) | "AllStats" >> beam.Flatten()
     classes = p | "Classes" >> beam.Create([color_map.classes_json()])
     return ({"records": chips.records, "errors": errors, "stats": stats, "classes": classes}

@@ -11,9 +11,13 @@ DESCRIPTION = "GeoTIFF scenes + label rasters -> chips -> sharded segmentation T
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RasterConfig:
     scenes: str
-    labels: str
     mask_colors: str
     output_dir: str
+    # Labels: label rasters on the scenes' grids (a glob), or vector labels (a GeoJSON file whose
+    # features carry the class in ``class_attribute``), rasterized in each scene's CRS.
+    labels: str = ""
+    vectors: str = ""
+    class_attribute: str = "class"
     # The training crop and batch segmentation's tile: chips the model sees whole.
     chip_size: int = 512
     # No overlap by default: every pixel in one chip; a smaller stride adds overlapping chips.
@@ -30,6 +34,8 @@ class RasterConfig:
 
     def __post_init__(self):
         problems = []
+        if bool(self.labels) == bool(self.vectors):
+            problems.append("give label rasters (--labels) or vector labels (--vectors), one of the two")
         if self.chip_size < 32:
             problems.append(f"chip_size must be at least 32, got {self.chip_size}")
         if self.stride < 1:
@@ -47,7 +53,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segpipe dataset raster", description=DESCRIPTION,
                                      epilog="Flags not listed here go to Beam (--runner, --project, ...).")
     parser.add_argument("--scenes", required=True, help="glob of GeoTIFF scenes (local or gs://)")
-    parser.add_argument("--labels", required=True, help="glob of label rasters on the scenes' grids")
+    parser.add_argument("--labels", default="", help="glob of label rasters on the scenes' grids")
+    parser.add_argument("--vectors", default="", help="or: a GeoJSON file of labelled polygons (any CRS; "
+                        "RFC 7946 WGS84 unless it names another), rasterized in each scene's CRS")
+    parser.add_argument("--class_attribute", default=defaults["class_attribute"],
+                        help="the feature property holding the class: a value COLORS.json maps, or a class name")
     parser.add_argument("--mask_colors", required=True, help="COLORS.json: label value or colour -> class index")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--chip_size", type=int, default=defaults["chip_size"])

@@ -98,7 +98,7 @@ def test_a_chip_reads_the_same_pixels_as_batch_segmentation(tmp_path, scene_and_
     with rasterio.open(wide, "w", **profile) as dst:
         dst.write(data)
     shutil.copy(tmp_path / "labels/landsat.tif", tmp_path / "labels/landsat16.tif")
-    config = RasterConfig(scenes=str(tmp_path / "scenes/*.tif"), labels="", mask_colors="", output_dir=str(tmp_path / "o"),
+    config = RasterConfig(scenes=str(tmp_path / "scenes/*.tif"), labels="x", mask_colors="", output_dir=str(tmp_path / "o"),
                           chip_size=256, stride=256, max_nodata=1.0)
     jobs = list(PlanChipsFn(config, str(tmp_path / "scenes")).process(
         ("landsat16", {"scene": [str(wide)], "labels": [str(tmp_path / "labels/landsat16.tif")]})))
@@ -141,3 +141,42 @@ def test_misaligned_unpaired_and_unmapped_inputs_are_error_records_and_the_rest_
     records = read_records(str(out / "*.tfrecord"))
     assert {chip.split("/")[0] for chip in records} == {"landsat", "odd"}
     assert "odd/r000256_c000256" not in records and "landsat/r000256_c000256" in records
+
+
+def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_path, scene_and_labels):
+    """Building-footprint-like rectangles drawn in the scene's UTM grid, stored as RFC 7946
+    GeoJSON (lon/lat), a later feature over an earlier one, plus a feature without geometry and
+    one of an unknown class: the masks equal the rectangles applied to the pixel centres here in
+    NumPy (the later on top; 255 where the scene is nodata), the two bad features are error records."""
+    from rasterio.warp import transform as reproject_points
+    scene, _ = scene_and_labels
+    with rasterio.open(scene) as src:
+        t, crs, height, width = src.transform, src.crs, src.height, src.width
+        scene_valid = src.dataset_mask() > 0
+    boxes = [((100, 120, 400, 380), "bright"), ((300, 200, 600, 500), 20), ((50, 600, 150, 700), "dark")]
+    features = []
+    for (r0, c0, r1, c1), cls in boxes:
+        xs, ys = zip(*[t * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0))])
+        lons, lats = reproject_points(crs, "EPSG:4326", list(xs), list(ys))
+        features.append({"type": "Feature", "properties": {"class": cls},
+                         "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lons, lats)))]}})
+    features.append({"type": "Feature", "properties": {"class": "dark"}, "geometry": None})
+    features.append({"type": "Feature", "properties": {"class": "lava"}, "geometry": features[0]["geometry"]})
+    (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    expected = np.zeros((height, width), np.uint8)
+    index = {"bright": 3, 20: 2, "dark": 1}
+    rows, cols = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
+    for (r0, c0, r1, c1), cls in boxes:
+        expected[(rows > r0) & (rows < r1) & (cols > c0) & (cols < c1)] = index[cls]
+    expected[~scene_valid] = 255
+    out = tmp_path / "out"
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--vectors", str(tmp_path / "labels.geojson"),
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
+                            "--chip_size", "256", "--stride", "256", "--max_nodata", "1.0"])
+    records = read_records(str(out / "*.tfrecord"))
+    assert len(records) == 12
+    for chip, record in records.items():
+        r, c = (int(part[1:]) for part in chip.split("/")[1].split("_"))
+        assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert sorted(e["reason"] for e in errors) == ["no_geometry", "unknown_class"]
