@@ -42,7 +42,9 @@ setuptools.setup(
                  # fuzzing (tests/test_fuzz.py)
                  "hypothesis>=6.100,<7",
                  # Label Studio's own brush-RLE decoder checks the pre-labels segpipe review writes
-                 "label-studio-sdk>=1.0,<3"],
+                 "label-studio-sdk>=1.0,<3",
+                 # CVAT's import engine reads the COCO 1.0 and Segmentation mask 1.1 batches back
+                 "datumaro>=1.10,<2"],
     },
     entry_points={"console_scripts": ["segpipe=segcli.main:main"]},
 )

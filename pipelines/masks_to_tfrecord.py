@@ -42,6 +42,17 @@ LOG = logging.getLogger(__name__)
 IMAGE, MASK = "image", "mask"
 
 
+def voc_color(index: int) -> tuple:
+    """Pascal VOC's colour for class ``index`` (its devkit's bit-interleaved colormap)."""
+    r = g = b = 0
+    for bit in range(8):
+        r |= ((index >> 0) & 1) << (7 - bit)
+        g |= ((index >> 1) & 1) << (7 - bit)
+        b |= ((index >> 2) & 1) << (7 - bit)
+        index >>= 3
+    return r, g, b
+
+
 @dataclasses.dataclass(frozen=True)
 class ColorMap:
     """Mask colors -> class indices, as read from COLORS.json."""
@@ -74,6 +85,26 @@ class ColorMap:
         names += [("background" if i == 0 else f"class_{i}") for i in range(len(names), top + 1)]
         default = doc.get("default")
         return cls(tuple(colors), tuple(names), None if default is None else int(default))
+
+    @classmethod
+    def from_labelmap(cls, text: str) -> "ColorMap":
+        """A Pascal VOC / CVAT "Segmentation mask 1.1" labelmap.txt (``name:r,g,b:parts:actions``
+        per line, index = line order): each label's colour, or VOC's default colour for its index
+        when the line gives none; VOC's boundary colour (224, 224, 192) is ignored (255)."""
+        names, colors = [], []
+        for line in text.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, _, rest = line.partition(":")
+            color = rest.split(":")[0].strip()
+            index = len(names)
+            names.append(name.strip())
+            colors.append((tuple(int(v) for v in color.split(",")) if color else voc_color(index), index))
+        if not names:
+            raise ValueError("labelmap.txt holds no labels")
+        if (224, 224, 192) not in {c for c, _ in colors}:
+            colors.append(((224, 224, 192), IGNORE_INDEX))
+        return cls(tuple(colors), tuple(names), None)
 
     def classes_json(self) -> dict:
         return {"ignore_index": IGNORE_INDEX,
@@ -219,7 +250,10 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
     with FileSystems.open(known.mask_colors) as handle:
-        color_map = ColorMap.from_json(json.loads(handle.read()))
+        text = handle.read().decode()
+    # COLORS.json, or the labelmap.txt of a Pascal VOC / CVAT "Segmentation mask 1.1" export
+    color_map = ColorMap.from_labelmap(text) if known.mask_colors.endswith(".txt") else \
+        ColorMap.from_json(json.loads(text))
     for regex in (known.image_key_regex, known.mask_key_regex):
         re.compile(regex)
     written = ("train-00000-of-00001.tfrecord", "errors.jsonl", "stats.json", "classes.json", "dataset.json")

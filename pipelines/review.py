@@ -10,6 +10,9 @@ BATCH gets:
 * ``labeling_config.xml`` (one brush label per class, in the project's class colours);
 * ``labels_coco.json``: the same images' machine labels as a COCO instances file (compressed RLE),
   the format CVAT imports as "COCO 1.0";
+* ``cvat_segmentation_mask/``: the same masks in CVAT's "Segmentation mask 1.1" layout (Pascal
+  VOC's: ``labelmap.txt`` with each class's colour, ``SegmentationClass/STEM.png`` in those
+  colours, ``ImageSets/Segmentation/default.txt``), zipped by the user for CVAT's import;
 * ``batch.txt``: the chosen inputs, one per line (``--exclude`` of the next round).
 Only photos are batched: a GeoTIFF mask is counted as skipped (labeling tools do not open
 georeferenced rasters of that size).
@@ -66,6 +69,24 @@ def image_url(path: str, prefix: str = "") -> str:
     return "/data/local-files/?d=" + path.lstrip("/")
 
 
+def write_segmentation_mask_1_1(folder: str, masks: dict, class_names, colors) -> None:
+    """CVAT's "Segmentation mask 1.1" (Pascal VOC segmentation layout) of ``masks`` {stem: mask}."""
+    from PIL import Image
+
+    from pipelines.storage import write_atomic
+    lines = "".join(f"{name}:{r},{g},{b}::\n" for name, (r, g, b) in zip(class_names, colors))
+    write_atomic(f"{folder}/labelmap.txt", ("# label:color_rgb:parts:actions\n" + lines).encode(), "text/plain")
+    table = np.zeros((256, 3), np.uint8)
+    table[:len(class_names)] = np.asarray(colors, np.uint8)
+    table[255] = (224, 224, 192)  # VOC's "void": pixels nobody labels (255 in a mask)
+    for stem, mask in masks.items():
+        buffer = io.BytesIO()
+        Image.fromarray(table[mask]).save(buffer, format="PNG")
+        write_atomic(f"{folder}/SegmentationClass/{stem}.png", buffer.getvalue(), "image/png")
+    write_atomic(f"{folder}/ImageSets/Segmentation/default.txt", "".join(f"{s}\n" for s in masks).encode(),
+                 "text/plain")
+
+
 def build_batch(config: ReviewConfig) -> dict:
     from apache_beam.io.filesystems import FileSystems
     from PIL import Image
@@ -85,10 +106,11 @@ def build_batch(config: ReviewConfig) -> dict:
             excluded = {line.strip() for line in handle.read().decode().splitlines() if line.strip()}
     photos = [r for r in records if not r["mask"].endswith(".tif")]
     chosen = select(photos, config, class_names, excluded)
-    tasks = []
+    tasks, masks = [], {}
     for record in chosen:
         with FileSystems.open(record["mask"]) as handle:
             mask = np.asarray(Image.open(io.BytesIO(handle.read())))
+        masks[posixpath.splitext(posixpath.basename(record["input"]))[0]] = mask
         tasks.append(label_studio.task(image_url(record["input"], config.image_url_prefix), mask, class_names,
                                        record["mean_confidence"], config.model_version or seg,
                                        meta={"review_priority": record["review_priority"]}))
@@ -101,11 +123,13 @@ def build_batch(config: ReviewConfig) -> dict:
     write_atomic(f"{out}/labeling_config.xml",
                  label_studio.labeling_config(class_names, palette()[:len(class_names)].tolist()).encode(), "application/xml")
     write_atomic(f"{out}/labels_coco.json", json.dumps(subset).encode(), "application/json")
+    write_segmentation_mask_1_1(f"{out}/cvat_segmentation_mask", masks, class_names,
+                                palette()[:len(class_names)].tolist())
     write_atomic(f"{out}/batch.txt", "".join(r["input"] + "\n" for r in chosen).encode(), "text/plain")
     summary = {"chosen": len(chosen), "candidates": len(photos) - len(excluded & {r["input"] for r in photos}),
                "rasters_skipped": len(records) - len(photos), "strategy": config.strategy}
     print(f"segpipe review: {summary['chosen']} images ({config.strategy}) -> {out}/tasks.json, labeling_config.xml, "
-          f"labels_coco.json, batch.txt; {summary['rasters_skipped']} GeoTIFF masks skipped")
+          f"labels_coco.json, cvat_segmentation_mask/, batch.txt; {summary['rasters_skipped']} GeoTIFF masks skipped")
     return summary
 
 

@@ -13,7 +13,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", required=True, help="glob of images (local or gs://)")
     parser.add_argument("--masks", required=True, help="glob of label masks (PNG)")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--mask_colors", required=True, help="COLORS.json: mask color -> class index")
+    parser.add_argument("--mask_colors", required=True, help="COLORS.json: mask color -> class index; or a labelmap.txt "
+                        "(Pascal VOC / CVAT Segmentation mask 1.1 export)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--num_shards", type=int, default=0, help="0 (default): about 128 MB per shard")
     parser.add_argument("--image_key_regex", default=r"^(?P<key>.+)$", help="pairing rule for image stems")

@@ -1,6 +1,7 @@
 """segpipe review: which images a labeling batch holds, and the batch in Label Studio's and
 CVAT's import formats, checked with Label Studio's own decoder (label-studio-sdk) and pycocotools."""
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -181,3 +182,62 @@ def test_bad_items_of_a_label_studio_export_are_listed_with_reasons_and_the_rest
     assert [i["file_name"] for i in coco["images"]] == ["a.png"] and len(coco["annotations"]) == 1
     reasons = {task: reason.split(":")[0] for task, reason in unused}
     assert reasons == {2: "unknown_label", 3: "malformed_rle", 4: "malformed_rle", 5: "duplicate_image", 6: "skipped"}
+
+
+def test_cvat_formats_round_trip_through_datumaro(tmp_path):
+    """CVAT's import engine (Datumaro) reads the batch's COCO 1.0 file and its Segmentation mask
+    1.1 folder back to our masks, class names kept; and a Segmentation mask 1.1 export that
+    Datumaro writes from known masks (as CVAT exports corrections) becomes those masks through
+    segpipe dataset masks --mask_colors labelmap.txt."""
+    import datumaro as dm
+    from datumaro.components.annotation import AnnotationType, LabelCategories, Mask
+    from datumaro.components.media import Image as DmImage
+
+    from pipelines import masks_to_tfrecord
+    from tests.helpers import read_records
+    (tmp_path / "model").mkdir()
+    model_dir = color_model(tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(4)
+    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+    for i in range(3):
+        Image.fromarray(colors[rng.integers(0, 4, (6, 8))].repeat(8, 0).repeat(8, 1)).save(inputs / f"p{i}.png")
+    seg = tmp_path / "seg"
+    batch_segment.run(["--model", str(model_dir), "--input", f"{inputs}/*.png", "--output_dir", str(seg),
+                       "--tile_size", "32"])
+    review.main(["--segmentation", str(seg), "--output_dir", str(tmp_path / "batch"), "--count", "3"])
+    ours = {p.stem: np.asarray(Image.open(p)) for p in (seg / "masks").glob("*.png")}
+    for folder, fmt in ((tmp_path / "batch/cvat_segmentation_mask", "voc_segmentation"),
+                        (tmp_path / "batch/labels_coco.json", "coco_instances")):
+        if fmt == "coco_instances":  # Datumaro's COCO importer wants its folder layout
+            (tmp_path / "coco/annotations").mkdir(parents=True)
+            (tmp_path / "coco/annotations/instances_default.json").write_text(folder.read_text())
+            shutil.copytree(inputs, tmp_path / "coco/images/default")
+            folder = tmp_path / "coco"
+        imported = dm.Dataset.import_from(str(folder), fmt)
+        labels = imported.categories()[AnnotationType.label]
+        assert len(imported) == 3
+        for item in imported:
+            stem = item.id.split("/")[-1].rsplit(".", 1)[0]
+            rebuilt = np.zeros_like(ours[stem])
+            for ann in item.annotations:
+                if ann.type == AnnotationType.mask and labels[ann.label].name != "background":
+                    rebuilt[ann.image.astype(bool)] = NAMES.index(labels[ann.label].name)
+            assert np.array_equal(rebuilt, ours[stem]), (fmt, stem)
+    # corrections back: Datumaro writes Segmentation mask 1.1 from known masks
+    truth = {f"p{i}": rng.integers(0, 4, (48, 64)).astype(np.uint8) for i in range(3)}
+    items = [dm.DatasetItem(id=stem, media=DmImage.from_numpy(np.zeros((48, 64, 3), np.uint8)),
+                            annotations=[Mask(image=(mask == k), label=k) for k in range(4) if (mask == k).any()])
+             for stem, mask in truth.items()]
+    export = tmp_path / "cvat_export"
+    dm.Dataset.from_iterable(items, categories={AnnotationType.label: LabelCategories.from_iterable(NAMES)}).export(
+        str(export), "voc_segmentation", save_media=False, apply_colormap=True)
+    masks_to_tfrecord.run(["--images", f"{inputs}/*.png", "--masks", f"{export}/SegmentationClass/*.png",
+                           "--mask_colors", str(export / "labelmap.txt"), "--output_dir", str(tmp_path / "ds")])
+    records = read_records(str(tmp_path / "ds/*.tfrecord"))
+    assert sorted(records) == sorted(truth)
+    for stem, mask in truth.items():
+        assert np.array_equal(records[stem]["mask"], mask), stem
+    classes = json.loads((tmp_path / "ds/classes.json").read_text())["classes"]
+    assert [c["name"] for c in classes] == NAMES
