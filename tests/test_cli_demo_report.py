@@ -125,6 +125,9 @@ def test_quick_demo_runs_every_stage(quick_demo):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result["metrics"]
     assert metrics["road"]["class"] == "road" and 0 <= metrics["road"]["max_f"] <= 1
+    raster = json.loads((out / "raster_dataset/dataset.json").read_text())  # the mosaic as chips
+    assert raster["splits"]["train"]["examples"] == 1 and (out / "raster_dataset/chips.geojson").exists()
+    assert result["raster_metrics"]["images"] == 1
     loop = json.loads((out / "loop/loop.json").read_text())  # the labeling loop ran, every arm scored
     assert loop == result["loop"] and loop["labeled"] == 2 and loop["test_images"] == 3
     assert all(0 <= loop[arm] <= 1 for arm in ("base", "uncertain", "random", "no_new_labels"))
