@@ -45,23 +45,29 @@ from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDatas
                                       reject_image)
 from pipelines.masks_to_tfrecord import ColorMap, pair_key
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
-from pipelines.storage import write_atomic, write_json
+from pipelines.storage import write_atomic, write_json  # (no segmodel: dataset workers load no TensorFlow)
 from segcli.raster import RasterConfig, make_parser
 from segformat.masks import IGNORE_INDEX, class_pixel_counts
-from segmodel import tiling
 
 LOG = logging.getLogger(__name__)
 INDEX = "index"
 
 
+def chip_starts(length: int, chip: int, stride: int) -> list:
+    """Chip offsets along one axis: every ``stride`` pixels, and (when the stride does not skip
+    pixels) one more flush with the edge so that the whole length is covered."""
+    if length <= chip:
+        return [0]
+    starts = list(range(0, length - chip + 1, stride))
+    if stride <= chip and starts[-1] != length - chip:
+        starts.append(length - chip)
+    return starts
+
+
 def chip_windows(height: int, width: int, chip: int, stride: int) -> list:
-    """[(row, col, h, w)]: chips every ``stride`` pixels, the last ones flush with the edge."""
-    overlap = max(0, chip - stride)
-    rows = tiling.tile_starts(height, chip, overlap) if stride <= chip else list(range(0, max(height - chip, 0) + 1,
-                                                                                      stride))
-    cols = tiling.tile_starts(width, chip, overlap) if stride <= chip else list(range(0, max(width - chip, 0) + 1,
-                                                                                      stride))
-    return [(r, c, min(chip, height - r), min(chip, width - c)) for r in rows for c in cols]
+    """[(row, col, h, w)]: the chips of a scene (a scene smaller than a chip is one smaller chip)."""
+    return [(r, c, min(chip, height - r), min(chip, width - c))
+            for r in chip_starts(height, chip, stride) for c in chip_starts(width, chip, stride)]
 
 
 def grids_match(scene, labels) -> bool:

@@ -180,3 +180,23 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
         assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["reason"] for e in errors) == ["no_geometry", "unknown_class"]
+
+
+def test_the_dataset_jobs_load_no_tensorflow():
+    """Dataset workers stay light: none of the dataset jobs imports TensorFlow or Keras."""
+    import subprocess
+    import sys
+    probe = ("import sys\nimport pipelines.raster_to_tfrecord, pipelines.coco_to_tfrecord, "
+             "pipelines.masks_to_tfrecord, pipelines.labelstudio_to_tfrecord\n"
+             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-500:]
+
+
+def test_chip_offsets_cover_the_scene_or_follow_a_larger_stride():
+    from pipelines.raster_to_tfrecord import chip_starts, chip_windows
+    assert chip_starts(718, 256, 256) == [0, 256, 462]
+    assert chip_starts(700, 256, 128) == [0, 128, 256, 384, 444]
+    assert chip_starts(100, 256, 256) == [0]
+    assert chip_starts(1000, 256, 300) == [0, 300, 600]  # a stride beyond the chip skips pixels, as asked
+    assert chip_windows(100, 300, 256, 256) == [(0, 0, 100, 256), (0, 44, 100, 256)]
