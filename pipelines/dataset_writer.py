@@ -106,6 +106,8 @@ def stats_document(counters: dict, class_names, extra=None) -> dict:
         "annotation_file_errors": group("annotation_file_errors"),
         "pixels_per_class": per_class,
     }
+    if group("chips_skipped"):  # segpipe dataset raster: chips left out by --max_nodata / --min_labelled
+        doc["chips_skipped"] = group("chips_skipped")
     doc.update(extra or {})
     return doc
 
@@ -126,10 +128,12 @@ class RecordRef(typing.NamedTuple):
     filename: str
     source_id: str
     mask_png: bytes
+    extra: tuple = ()  # more (key, text) features of the record (a raster chip's image/geo/* keys)
 
     @classmethod
-    def of(cls, path, data: bytes, fmt, height, width, filename, source_id, mask_png) -> "RecordRef":
-        return cls(path, zlib.crc32(data), len(data), fmt, height, width, filename, source_id, mask_png)
+    def of(cls, path, data: bytes, fmt, height, width, filename, source_id, mask_png, extra=()) -> "RecordRef":
+        return cls(path, zlib.crc32(data), len(data), fmt, height, width, filename, source_id, mask_png,
+                   tuple(extra))
 
     @property
     def record_bytes(self) -> int:
@@ -171,7 +175,7 @@ class WriteShardFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(ERRORS, error_record(ref.path, "changed_during_job", detail))
                     continue
                 framed = frame_record(build_example(
-                    data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png))
+                    data, ref.fmt, ref.height, ref.width, ref.filename, ref.source_id, ref.mask_png, ref.extra))
                 handle.write(framed)
                 checksum.update(framed)
                 size += len(framed)

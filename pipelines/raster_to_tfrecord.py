@@ -16,10 +16,15 @@ One pixel path with batch segmentation: a chip's pixels come from ``pipelines.ra
 stretch) and ``read_window``, the functions ``segpipe segment`` reads its windows with, so a
 model sees the same pixel values in training and inference. Mask rules: COLORS.json as in
 ``masks_to_tfrecord``; 255 where the scene or the label raster is nodata; a chip with more than
-``--max_nodata`` of 255 pixels is skipped and counted (``chips_skipped/nodata``); an unmapped label
+``--max_nodata`` of 255 pixels is skipped and counted (``chips_skipped/nodata``), and so is one
+with less than ``--min_labelled`` of pixels of a class other than 0 (``chips_skipped/unlabelled``,
+off by default); an unmapped label
 value is an error record for that chip.
 
-OUT gets the dataset (shards, dataset.json, stats.json, classes.json, errors.jsonl) and
+Each record also holds where its chip lies: ``image/geo/scene``, ``image/geo/crs``,
+``image/geo/window`` ("row,col,height,width") and ``image/geo/transform`` (the chip's affine, six
+comma-separated numbers), all strings. OUT gets the dataset (shards, dataset.json, stats.json,
+classes.json, errors.jsonl) and
 ``chips.geojson``: one feature per written chip, its footprint in WGS84 (RFC 7946) and as
 properties the scene, the window (row, col, height, width), the split, the scene CRS and the
 chip's own affine transform. Chip images are PNG (written under ``OUT/.staging/chips`` for the
@@ -222,9 +227,11 @@ class ChipFn(beam.DoFn):
         except Exception as e:
             yield from reject_image(chip_id, "unreadable_raster", str(e)[:300], scene=scene)
             return
-        if (mask == IGNORE_INDEX).mean() > self.config.max_nodata:
-            count("chips_skipped/nodata")
-            yield beam.pvalue.TaggedOutput(STATS, {"chips_skipped/nodata": 1})
+        skip = "nodata" if (mask == IGNORE_INDEX).mean() > self.config.max_nodata else \
+            "unlabelled" if ((mask != 0) & (mask != IGNORE_INDEX)).mean() < self.config.min_labelled else None
+        if skip:
+            count(f"chips_skipped/{skip}")
+            yield beam.pvalue.TaggedOutput(STATS, {f"chips_skipped/{skip}": 1})
             return
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
@@ -236,9 +243,13 @@ class ChipFn(beam.DoFn):
         stats = {"images_written": 1, f"images_written/{split}": 1}
         stats.update(pixel_stats(class_pixel_counts(mask)))
         yield beam.pvalue.TaggedOutput(STATS, stats)
-        yield beam.pvalue.TaggedOutput(INDEX, chip_feature(info, chip_id, row, col, h, w, split))
+        feature = chip_feature(info, chip_id, row, col, h, w, split)
+        yield beam.pvalue.TaggedOutput(INDEX, feature)
+        geo = (("image/geo/scene", info.source), ("image/geo/crs", info.crs or ""),
+               ("image/geo/window", f"{row},{col},{h},{w}"),
+               ("image/geo/transform", ",".join(repr(v) for v in feature["properties"]["transform"])))
         yield split, chip_id, RecordRef.of(path, data, "png", h, w, f"{chip_id}.png", chip_id,
-                                           image_checks.encode_mask_png(mask))
+                                           image_checks.encode_mask_png(mask), geo)
 
 
 def chip_feature(info, chip_id: str, row: int, col: int, h: int, w: int, split: str) -> dict:

@@ -25,6 +25,9 @@ class RasterConfig:
     bands: str | None = None
     # A chip mostly outside the scene's data (its collar, clouds masked as nodata) teaches little.
     max_nodata: float = 0.5
+    # 0 keeps chips that are all background; building footprints over a rural scene may want
+    # e.g. 0.01, so that chips without a single labelled object are skipped (and counted).
+    min_labelled: float = 0.0
     split: str = "train"
     val_fraction: float = 0.0
     num_shards: int = 0
@@ -42,6 +45,8 @@ class RasterConfig:
             problems.append(f"stride must be positive, got {self.stride}")
         if not 0.0 <= self.max_nodata <= 1.0:
             problems.append(f"max_nodata must be in [0, 1], got {self.max_nodata}")
+        if not 0.0 <= self.min_labelled <= 1.0:
+            problems.append(f"min_labelled must be in [0, 1], got {self.min_labelled}")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if problems:
@@ -65,6 +70,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bands", default=defaults["bands"], help="scene bands as RGB, 1-based, e.g. 4,3,2")
     parser.add_argument("--max_nodata", type=float, default=defaults["max_nodata"],
                         help="chips with a larger share of nodata (255) pixels are skipped and counted")
+    parser.add_argument("--min_labelled", type=float, default=defaults["min_labelled"],
+                        help="chips with a smaller share of pixels of a class other than background (0) are "
+                             "skipped and counted")
     parser.add_argument("--split", default=defaults["split"])
     parser.add_argument("--val_fraction", type=float, default=defaults["val_fraction"])
     parser.add_argument("--num_shards", type=int, default=defaults["num_shards"])

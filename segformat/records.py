@@ -46,8 +46,9 @@ def _int64_feature(value: int) -> bytes:
 
 
 def build_example(image_bytes: bytes, image_format: str, height: int, width: int,
-                  filename: str, source_id: str, mask_png: bytes) -> bytes:
-    """A serialized tf.train.Example; ``image_bytes`` are the original file's bytes.
+                  filename: str, source_id: str, mask_png: bytes, extra=()) -> bytes:
+    """A serialized tf.train.Example; ``image_bytes`` are the original file's bytes; ``extra``:
+    more (key, text) string features, e.g. a raster chip's ``image/geo/*`` keys.
 
     Deterministic: map entries in sorted key order (what protobuf's deterministic mode does),
     so the same inputs give byte-identical shards on every run.
@@ -62,6 +63,7 @@ def build_example(image_bytes: bytes, image_format: str, height: int, width: int
         MASK_ENCODED: _bytes_feature(mask_png),
         MASK_FORMAT: _bytes_feature(b"png"),
     }
+    features.update({key: _bytes_feature(str(value).encode()) for key, value in extra})
     # Features.feature = 1 is map<string, Feature>: each entry a message {key = 1, value = 2}.
     entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value))
                        for key, value in sorted(features.items()))

@@ -68,7 +68,7 @@ def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_l
         assert np.array_equal(got, pixels), chip
         assert np.array_equal(records[chip]["mask"], mask), chip
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["images_written"] == len(expected_written)
+    assert stats["images_written"] == len(expected_written) and stats["chips_skipped"] == {"nodata": skipped}
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["splits"]["train"]["examples"] == len(expected_written)
     index = json.loads((out / "chips.geojson").read_text())
@@ -80,6 +80,18 @@ def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_l
         lon, lat = reproject_points(src.crs, "EPSG:4326", [x], [y])
     assert first["geometry"]["coordinates"][0][0] == pytest.approx([lon[0], lat[0]], abs=1e-9)
     assert first["properties"]["transform"][2] == pytest.approx(x)
+    # the same facts in the record itself, read by TensorFlow's own parser
+    import tensorflow as tf
+    raw = next(iter(tf.data.TFRecordDataset(sorted(str(p) for p in out.glob("*.tfrecord")))))
+    keys = ("image/geo/scene", "image/geo/crs", "image/geo/window", "image/geo/transform", "image/source_id")
+    geo = {k: v.numpy().decode() for k, v in tf.io.parse_single_example(
+        raw, {k: tf.io.FixedLenFeature((), tf.string) for k in keys}).items()}
+    r, c = (int(part[1:]) for part in geo["image/source_id"].split("/")[1].split("_"))
+    assert geo["image/geo/scene"] == str(scene) and geo["image/geo/window"] == f"{r},{c},256,256"
+    with rasterio.open(scene) as src:
+        assert rasterio.crs.CRS.from_string(geo["image/geo/crs"]) == src.crs
+        chip_transform = src.transform * rasterio.Affine.translation(c, r)
+    assert [float(v) for v in geo["image/geo/transform"].split(",")] == pytest.approx(list(chip_transform)[:6])
     assert not list((out / ".staging").rglob("*.png"))
 
 
@@ -180,6 +192,15 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
         assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["reason"] for e in errors) == ["no_geometry", "unknown_class"]
+    # chips without a labelled object: skipped and counted when asked
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--vectors", str(tmp_path / "labels.geojson"),
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(tmp_path / "some"),
+                            "--chip_size", "256", "--stride", "256", "--max_nodata", "1.0", "--min_labelled", "0.001"])
+    kept = read_records(str(tmp_path / "some/*.tfrecord"))
+    labelled = {chip for chip, record in records.items() if ((record["mask"] > 0) & (record["mask"] < 255)).mean() >= 0.001}
+    assert set(kept) == labelled and 0 < len(kept) < len(records)
+    stats = json.loads((tmp_path / "some/stats.json").read_text())
+    assert stats["chips_skipped"] == {"unlabelled": len(records) - len(kept)}
 
 
 def test_the_dataset_jobs_load_no_tensorflow():
@@ -200,3 +221,34 @@ def test_chip_offsets_cover_the_scene_or_follow_a_larger_stride():
     assert chip_starts(100, 256, 256) == [0]
     assert chip_starts(1000, 256, 300) == [0, 300, 600]  # a stride beyond the chip skips pixels, as asked
     assert chip_windows(100, 300, 256, 256) == [(0, 0, 100, 256), (0, 44, 100, 256)]
+
+
+def test_scenes_and_labels_on_gcs_through_the_emulator(tmp_path, scene_and_labels, gcs_bucket):
+    """The job over gs:// (scenes read through Beam's filesystem, window by window): the same
+    chips as from local files, and its outputs on gs://."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from tests.helpers import upload_tree
+    prefix = f"gs://{gcs_bucket}/raster"
+    upload_tree(tmp_path / "scenes", f"{prefix}/scenes")
+    upload_tree(tmp_path / "labels", f"{prefix}/labels")
+    with FileSystems.create(f"{prefix}/colors.json") as handle:
+        handle.write((tmp_path / "colors.json").read_bytes())
+    args = ["--mask_colors", f"{prefix}/colors.json", "--chip_size", "256", "--stride", "256"]
+    raster_to_tfrecord.run(["--scenes", f"{prefix}/scenes/*.tif", "--labels", f"{prefix}/labels/*.tif",
+                            "--output_dir", f"{prefix}/out", *args])
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--labels", str(tmp_path / "labels/*.tif"),
+                            "--output_dir", str(tmp_path / "local"), *args[2:],
+                            "--mask_colors", str(tmp_path / "colors.json")])
+    local = read_records(str(tmp_path / "local/*.tfrecord"))
+    (tmp_path / "from_gcs").mkdir()
+    for meta in FileSystems.match([f"{prefix}/out/*.tfrecord"])[0].metadata_list:
+        with FileSystems.open(meta.path) as handle:
+            (tmp_path / "from_gcs" / meta.path.rsplit("/", 1)[1]).write_bytes(handle.read())
+    remote = read_records(str(tmp_path / "from_gcs/*.tfrecord"))
+    assert sorted(remote) == sorted(local) and len(local) > 0
+    for chip in local:
+        assert remote[chip]["image/encoded"] == local[chip]["image/encoded"]
+        assert np.array_equal(remote[chip]["mask"], local[chip]["mask"])
+    assert FileSystems.exists(f"{prefix}/out/chips.geojson") and FileSystems.exists(f"{prefix}/out/dataset.json")
+    assert not FileSystems.match([f"{prefix}/out/.staging/chips/**"])[0].metadata_list
