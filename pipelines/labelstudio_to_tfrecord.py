@@ -7,8 +7,10 @@ The export (Label Studio's "JSON" export: tasks with their annotations) is turne
 instances document (segformat.label_studio.export_to_coco: brush regions as RLE, polygons from
 percent to pixels, the latest non-cancelled annotation of each task) and converted by
 ``pipelines.coco_to_tfrecord`` (overlaps, validation, shards, manifest and errors as there).
-Tasks people skipped or never annotated are not used: they are listed, with the reason, in
-``OUT/labelstudio_unused.json`` and counted on stderr, never written as all-background masks.
+Tasks people skipped or never annotated (and tasks with unknown labels, malformed regions or a
+duplicate image) are not used: each is an error record in ``OUT/errors.jsonl`` (source
+``EXPORT#task=ID``), counted in ``stats.json`` (``tasks_unused`` by reason) and listed in
+``OUT/labelstudio_unused.json``, never written as an all-background mask.
 """
 from __future__ import annotations
 
@@ -47,6 +49,28 @@ def image_file_name(url: str) -> str:
     return posixpath.basename(urllib.parse.unquote(path))
 
 
+def add_to_error_files(out: str, export: str, unused: list) -> None:
+    """The tasks not used join the dataset's errors.jsonl (one record each: source
+    EXPORT#task=ID, the reason, the detail) and stats.json (``tasks_unused`` by reason), so a
+    skipped task is counted where every other rejected input is."""
+    from pipelines.runner import error_record
+    from pipelines.storage import write_atomic
+    if not unused:
+        return
+    with FileSystems.open(f"{out}/errors.jsonl") as handle:
+        existing = handle.read().decode()
+    records = [error_record(f"{export}#task={task}", reason.split(":")[0], reason) for task, reason in unused]
+    write_atomic(f"{out}/errors.jsonl", (existing + "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                            for r in records)).encode(), "application/jsonl")
+    with FileSystems.open(f"{out}/stats.json") as handle:
+        stats = json.loads(handle.read())
+    by_reason = {}
+    for record in records:
+        by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
+    stats["tasks_unused"] = dict(sorted(by_reason.items()))
+    write_json(f"{out}/stats.json", stats)
+
+
 def run(argv=None, save_main_session=True, test_pipeline=None):
     from pipelines import coco_to_tfrecord
     known, beam_args = make_parser().parse_known_args(argv)
@@ -73,8 +97,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         for path in (annotations, classes):
             os.remove(path)
         os.rmdir(workdir)
-    write_json(f"{known.output_dir.rstrip('/')}/labelstudio_unused.json",
-               [{"task": task, "reason": reason} for task, reason in unused])
+    out = known.output_dir.rstrip("/")
+    write_json(f"{out}/labelstudio_unused.json", [{"task": task, "reason": reason} for task, reason in unused])
+    add_to_error_files(out, known.export, unused)
     print(f"segpipe dataset labelstudio: {len(coco['images'])} tasks converted, {len(unused)} not used "
           f"(labelstudio_unused.json)", file=sys.stderr)
     return result

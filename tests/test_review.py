@@ -153,6 +153,11 @@ def test_a_label_studio_export_becomes_a_dataset_and_skipped_tasks_are_reported(
     assert np.array_equal(got[~(water | want_water)], truths[1][~(water | want_water)])
     unused = json.loads((tmp_path / "out/labelstudio_unused.json").read_text())
     assert unused == [{"task": 3, "reason": "skipped"}, {"task": 4, "reason": "not_annotated"}]
+    errors = [json.loads(line) for line in (tmp_path / "out/errors.jsonl").read_text().splitlines()]
+    assert sorted((e["source"].rsplit("#", 1)[1], e["reason"]) for e in errors) == [
+        ("task=3", "skipped"), ("task=4", "not_annotated")]
+    stats = json.loads((tmp_path / "out/stats.json").read_text())
+    assert stats["tasks_unused"] == {"not_annotated": 1, "skipped": 1} and stats["images_written"] == 2
     classes = json.loads((tmp_path / "out/classes.json").read_text())
     assert [c["name"] for c in sorted(classes["classes"], key=lambda c: c["index"])] == NAMES
 
@@ -241,3 +246,41 @@ def test_cvat_formats_round_trip_through_datumaro(tmp_path):
         assert np.array_equal(records[stem]["mask"], mask), stem
     classes = json.loads((tmp_path / "ds/classes.json").read_text())["classes"]
     assert [c["name"] for c in classes] == NAMES
+
+
+def test_a_cvat_coco_export_of_corrected_masks_comes_back_with_crowd_class(tmp_path):
+    """CVAT's COCO 1.0 export (written here by Datumaro, its engine) stores each mask as an RLE
+    with iscrowd 1, and numbers the labels from 1 with background among them: with
+    `--crowd class` and a by-name class table the masks come back exactly (with the default
+    `--crowd ignore` they would all be 255, which is why the README says so)."""
+    import datumaro as dm
+    from datumaro.components.annotation import AnnotationType, LabelCategories, Mask
+    from datumaro.components.media import Image as DmImage
+
+    from pipelines import coco_to_tfrecord
+    from tests.helpers import read_records
+    rng = np.random.default_rng(9)
+    truth = {f"p{i}": rng.integers(0, 4, (6, 8)).repeat(4, 0).repeat(4, 1).astype(np.uint8) for i in range(3)}
+    (tmp_path / "images").mkdir()
+    for stem in truth:
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{stem}.png")
+    items = [dm.DatasetItem(id=stem, media=DmImage.from_numpy(np.zeros((24, 32, 3), np.uint8)),
+                            annotations=[Mask(image=(mask == k), label=k) for k in range(1, 4) if (mask == k).any()])
+             for stem, mask in truth.items()]
+    dm.Dataset.from_iterable(items, categories={AnnotationType.label: LabelCategories.from_iterable(NAMES)}).export(
+        str(tmp_path / "cvat"), "coco_instances", save_media=False)
+    annotations = tmp_path / "cvat/annotations/instances_default.json"
+    doc = json.loads(annotations.read_text())
+    assert {a["iscrowd"] for a in doc["annotations"]} == {1}
+    for image in doc["images"]:  # CVAT names the images it was given; Datumaro writes .jpg when it has none
+        image["file_name"] = image["file_name"].rsplit(".", 1)[0] + ".png"
+    annotations.write_text(json.dumps(doc))
+    (tmp_path / "classes.json").write_text(json.dumps({name: k for k, name in enumerate(NAMES) if k}))
+    coco_to_tfrecord.run(["--annotations", str(annotations), "--images", str(tmp_path / "images"),
+                          "--output_dir", str(tmp_path / "ds"), "--crowd", "class",
+                          "--classes", str(tmp_path / "classes.json")])
+    records = read_records(str(tmp_path / "ds/*.tfrecord"))
+    by_name = {r["image/filename"].decode().rsplit(".", 1)[0]: r["mask"] for r in records.values()}
+    assert sorted(by_name) == sorted(truth)
+    for stem, mask in truth.items():
+        assert np.array_equal(by_name[stem], mask), stem
