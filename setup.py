@@ -36,6 +36,8 @@ setuptools.setup(
                                                "segformat.*", "segmodel", "segmodel.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
+        # GeoPackage and Shapefile labels for segpipe dataset raster (GeoJSON needs nothing more)
+        "vectors": ["fiona>=1.9,<2"],
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
         "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
@@ -44,7 +46,8 @@ setuptools.setup(
                  # Label Studio's own brush-RLE decoder checks the pre-labels segpipe review writes
                  "label-studio-sdk>=1.0,<3",
                  # CVAT's import engine reads the COCO 1.0 and Segmentation mask 1.1 batches back
-                 "datumaro>=1.10,<2"],
+                 "datumaro>=1.10,<2",
+                 "fiona>=1.9,<2"],
     },
     entry_points={"console_scripts": ["segpipe=segcli.main:main"]},
 )

@@ -88,25 +88,64 @@ def check_alignment(scene: str, label: str) -> None:
                 f"!= scene {src.width}x{src.height} {src.crs} {tuple(src.transform)[:6]}")
 
 
-class VectorLabels:
-    """Labelled polygons from a GeoJSON file (read once per worker), rasterized onto any grid.
+SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 
-    The file's CRS is WGS84 (RFC 7946) unless it names another in the old ``crs`` member. A
+
+def read_vector_file(path: str) -> tuple:
+    """(CRS, [(GeoJSON-like geometry or None, properties)]) of a vector file. GeoJSON is read as
+    JSON (WGS84 per RFC 7946 unless a legacy ``crs`` member names another); GeoPackage,
+    Shapefile and the rest of what GDAL reads go through fiona (``pip install fiona``, in the
+    ``vectors`` extra), from a local copy when the file is remote (a Shapefile with its side files)."""
+    if path.lower().endswith((".geojson", ".json")):
+        with FileSystems.open(path) as handle:
+            doc = json.loads(handle.read())
+        crs = ((doc.get("crs") or {}).get("properties") or {}).get("name") or "EPSG:4326"
+        return crs, [(f.get("geometry"), f.get("properties")) for f in doc.get("features", [])]
+    try:
+        import fiona
+    except ImportError:
+        raise ValueError(f"{path}: reading GeoPackage or Shapefile labels needs fiona (pip install fiona); "
+                         "GeoJSON needs nothing more") from None
+    import os
+    import shutil
+    import tempfile
+    workdir = None
+    local = path
+    if "://" in path:
+        workdir = tempfile.mkdtemp(prefix="segpipe-vectors-")
+        stem, ext = path.rsplit(".", 1)
+        parts = SHAPEFILE_PARTS if f".{ext.lower()}" == ".shp" else (f".{ext}",)
+        for part in parts:
+            if FileSystems.exists(stem + part):
+                with FileSystems.open(stem + part) as src, open(os.path.join(workdir, "labels" + part), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        local = os.path.join(workdir, "labels." + ext)
+    try:
+        with fiona.open(local) as source:
+            crs = source.crs.to_string() if source.crs else "EPSG:4326"
+            features = [(dict(f.geometry.__geo_interface__) if f.geometry is not None else None, dict(f.properties))
+                        for f in source]
+        return crs, features
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class VectorLabels:
+    """Labelled polygons from a vector file (read_vector_file; once per worker), rasterized onto
+    any grid. A
     feature's class is its ``attribute``: a value COLORS.json maps (single values), or a class
     name from its ``classes``. Features are burnt in file order (a later one on top), pixels
     whose centre falls inside (rasterio.features.rasterize); the rest is class 0 (background).
     Features without a geometry or with an unknown class are counted and left out."""
 
     def __init__(self, path: str, attribute: str, color_map: ColorMap):
-        with FileSystems.open(path) as handle:
-            doc = json.loads(handle.read())
-        self.crs = ((doc.get("crs") or {}).get("properties") or {}).get("name") or "EPSG:4326"
+        self.crs, features = read_vector_file(path)
         by_value = {color[0]: index for color, index in color_map.colors} if color_map.channels == 1 else {}
         by_name = {name: k for k, name in enumerate(color_map.names)}
         self.features, self.skipped = [], []  # skipped: [(feature number, reason)]
-        for number, feature in enumerate(doc.get("features", [])):
-            geometry = feature.get("geometry")
-            value = (feature.get("properties") or {}).get(attribute)
+        for number, (geometry, properties) in enumerate(features):
+            value = (properties or {}).get(attribute)
             index = by_value.get(value) if isinstance(value, (int, float)) and value == int(value) else None
             index = by_name.get(str(value)) if index is None else index
             reason = "no_geometry" if not geometry or not geometry.get("coordinates") else \

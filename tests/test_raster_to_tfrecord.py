@@ -252,3 +252,40 @@ def test_scenes_and_labels_on_gcs_through_the_emulator(tmp_path, scene_and_label
         assert np.array_equal(remote[chip]["mask"], local[chip]["mask"])
     assert FileSystems.exists(f"{prefix}/out/chips.geojson") and FileSystems.exists(f"{prefix}/out/dataset.json")
     assert not FileSystems.match([f"{prefix}/out/.staging/chips/**"])[0].metadata_list
+
+
+@pytest.mark.parametrize("driver, crs", [("GPKG", "EPSG:3857"), ("ESRI Shapefile", None)])
+def test_geopackage_and_shapefile_labels_written_by_fiona(tmp_path, scene_and_labels, driver, crs):
+    """The same rectangles as above through fiona (the vector writer GIS tools use): a
+    GeoPackage in Web Mercator (reprojected to the scene's UTM zone) and a Shapefile in the
+    scene's own CRS; masks equal the rectangles applied to pixel centres."""
+    fiona = pytest.importorskip("fiona")
+    from rasterio.warp import transform as reproject_points
+    scene, _ = scene_and_labels
+    with rasterio.open(scene) as src:
+        t, scene_crs, height, width = src.transform, src.crs, src.height, src.width
+        scene_valid = src.dataset_mask() > 0
+    crs = crs or scene_crs.to_string()
+    boxes = [((100, 120, 400, 380), "bright"), ((300, 200, 600, 500), "mid")]
+    path = tmp_path / ("labels.gpkg" if driver == "GPKG" else "labels.shp")
+    schema = {"geometry": "Polygon", "properties": {"class": "str"}}
+    with fiona.open(path, "w", driver=driver, crs=crs, schema=schema) as dst:
+        for (r0, c0, r1, c1), cls in boxes:
+            xs, ys = zip(*[t * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0))])
+            xs, ys = reproject_points(scene_crs, crs, list(xs), list(ys))
+            dst.write({"geometry": {"type": "Polygon", "coordinates": [list(zip(xs, ys))]},
+                       "properties": {"class": cls}})
+    expected = np.zeros((height, width), np.uint8)
+    rows, cols = np.mgrid[0:height, 0:width] + 0.5
+    for (r0, c0, r1, c1), cls in boxes:
+        expected[(rows > r0) & (rows < r1) & (cols > c0) & (cols < c1)] = {"bright": 3, "mid": 2}[cls]
+    expected[~scene_valid] = 255
+    out = tmp_path / "out"
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--vectors", str(path),
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
+                            "--chip_size", "256", "--stride", "256", "--max_nodata", "1.0"])
+    records = read_records(str(out / "*.tfrecord"))
+    assert len(records) == 12
+    for chip, record in records.items():
+        r, c = (int(part[1:]) for part in chip.split("/")[1].split("_"))
+        assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
