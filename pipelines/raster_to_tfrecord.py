@@ -131,13 +131,51 @@ def read_vector_file(path: str) -> tuple:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def ring_self_intersects(ring) -> bool:
+    """Whether a closed ring's edges cross each other (a bow-tie), other than neighbouring edges
+    meeting at their shared vertex: orientation tests over every pair of edges (O(n^2), in NumPy)."""
+    points = np.asarray(ring, np.float64)[:, :2]
+    if len(points) < 5:  # a closed triangle (4 points) cannot cross itself
+        return False
+    a, b = points[:-1], points[1:]
+    n = len(a)
+
+    def orient(p, q, r):
+        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+    i, j = np.triu_indices(n, k=2)
+    keep = ~((i == 0) & (j == n - 1))  # the first and last edges share the closing vertex
+    i, j = i[keep], j[keep]
+    if not i.size:
+        return False
+    d1, d2 = orient(a[i], b[i], a[j]), orient(a[i], b[i], b[j])
+    d3, d4 = orient(a[j], b[j], a[i]), orient(a[j], b[j], b[i])
+    return bool(np.any((d1 * d2 < 0) & (d3 * d4 < 0)))
+
+
+def geometry_problem(geometry: dict):
+    """A reason to leave a polygon out, or None: no coordinates, or a ring that crosses itself
+    (GDAL would burn a bow-tie's two lobes by its own rule, not as anybody drew it). Ring
+    winding is not a problem: Shapefiles wind outer rings clockwise, GeoJSON counter-clockwise,
+    and rasterizing does not depend on it."""
+    if not geometry or not geometry.get("coordinates"):
+        return "no_geometry"
+    polygons = geometry["coordinates"] if geometry.get("type") == "MultiPolygon" else [geometry["coordinates"]] \
+        if geometry.get("type") == "Polygon" else []
+    for polygon in polygons:
+        for ring in polygon:
+            if ring_self_intersects(ring):
+                return "self_intersection"
+    return None
+
+
 class VectorLabels:
     """Labelled polygons from a vector file (read_vector_file; once per worker), rasterized onto
     any grid. A
     feature's class is its ``attribute``: a value COLORS.json maps (single values), or a class
     name from its ``classes``. Features are burnt in file order (a later one on top), pixels
     whose centre falls inside (rasterio.features.rasterize); the rest is class 0 (background).
-    Features without a geometry or with an unknown class are counted and left out."""
+    Features without a geometry, with a self-intersecting ring or with an unknown class are left
+    out and reported (vector_errors)."""
 
     def __init__(self, path: str, attribute: str, color_map: ColorMap):
         self.crs, features = read_vector_file(path)
@@ -148,8 +186,7 @@ class VectorLabels:
             value = (properties or {}).get(attribute)
             index = by_value.get(value) if isinstance(value, (int, float)) and value == int(value) else None
             index = by_name.get(str(value)) if index is None else index
-            reason = "no_geometry" if not geometry or not geometry.get("coordinates") else \
-                "unknown_class" if index is None else None
+            reason = geometry_problem(geometry) or ("unknown_class" if index is None else None)
             if reason:
                 self.skipped.append((number, f"{reason}: {attribute}={value!r}" if reason == "unknown_class" else reason))
                 continue

@@ -159,7 +159,8 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
     """Building-footprint-like rectangles drawn in the scene's UTM grid, stored as RFC 7946
     GeoJSON (lon/lat), a later feature over an earlier one, plus a feature without geometry and
     one of an unknown class: the masks equal the rectangles applied to the pixel centres here in
-    NumPy (the later on top; 255 where the scene is nodata), the two bad features are error records."""
+    NumPy (the later on top; 255 where the scene is nodata); a feature without geometry, one of an
+    unknown class and a self-intersecting bow-tie are error records, not burnt."""
     from rasterio.warp import transform as reproject_points
     scene, _ = scene_and_labels
     with rasterio.open(scene) as src:
@@ -174,6 +175,9 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
                          "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lons, lats)))]}})
     features.append({"type": "Feature", "properties": {"class": "dark"}, "geometry": None})
     features.append({"type": "Feature", "properties": {"class": "lava"}, "geometry": features[0]["geometry"]})
+    square = features[2]["geometry"]["coordinates"][0]  # the third box's corners, crossed into a bow-tie
+    features.append({"type": "Feature", "properties": {"class": "dark"}, "geometry": {
+        "type": "Polygon", "coordinates": [[square[0], square[2], square[1], square[3], square[0]]]}})
     (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     expected = np.zeros((height, width), np.uint8)
     index = {"bright": 3, 20: 2, "dark": 1}
@@ -191,7 +195,7 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
         r, c = (int(part[1:]) for part in chip.split("/")[1].split("_"))
         assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
-    assert sorted(e["reason"] for e in errors) == ["no_geometry", "unknown_class"]
+    assert sorted(e["reason"] for e in errors) == ["no_geometry", "self_intersection", "unknown_class"]
     # chips without a labelled object: skipped and counted when asked
     raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--vectors", str(tmp_path / "labels.geojson"),
                             "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(tmp_path / "some"),
@@ -269,7 +273,10 @@ def test_geopackage_and_shapefile_labels_written_by_fiona(tmp_path, scene_and_la
     boxes = [((100, 120, 400, 380), "bright"), ((300, 200, 600, 500), "mid")]
     path = tmp_path / ("labels.gpkg" if driver == "GPKG" else "labels.shp")
     schema = {"geometry": "Polygon", "properties": {"class": "str"}}
-    with fiona.open(path, "w", driver=driver, crs=crs, schema=schema) as dst:
+    # No R-tree index written: in a process that has loaded rasterio's own GDAL first, fiona's
+    # SQLite may lack the rtree module (reading an indexed GeoPackage works either way).
+    options = {"SPATIAL_INDEX": "NO"} if driver == "GPKG" else {}
+    with fiona.open(path, "w", driver=driver, crs=crs, schema=schema, **options) as dst:
         for (r0, c0, r1, c1), cls in boxes:
             xs, ys = zip(*[t * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0))])
             xs, ys = reproject_points(scene_crs, crs, list(xs), list(ys))
