@@ -135,6 +135,14 @@ class ColorMap:
         return mapped[inverse.reshape(codes.shape)]
 
 
+def load_color_map(path: str) -> ColorMap:
+    """The colour table of a ``--mask_colors`` file: COLORS.json, or the labelmap.txt of a
+    Pascal VOC / CVAT "Segmentation mask 1.1" export (local or remote)."""
+    with FileSystems.open(path) as handle:
+        text = handle.read().decode()
+    return ColorMap.from_labelmap(text) if path.endswith(".txt") else ColorMap.from_json(json.loads(text))
+
+
 def pair_key(path: str, pattern: re.Pattern) -> str | None:
     match = pattern.match(image_checks.stem(path))
     if match is None:
@@ -249,11 +257,7 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    with FileSystems.open(known.mask_colors) as handle:
-        text = handle.read().decode()
-    # COLORS.json, or the labelmap.txt of a Pascal VOC / CVAT "Segmentation mask 1.1" export
-    color_map = ColorMap.from_labelmap(text) if known.mask_colors.endswith(".txt") else \
-        ColorMap.from_json(json.loads(text))
+    color_map = load_color_map(known.mask_colors)
     for regex in (known.image_key_regex, known.mask_key_regex):
         re.compile(regex)
     written = ("train-00000-of-00001.tfrecord", "errors.jsonl", "stats.json", "classes.json", "dataset.json")

@@ -6,16 +6,17 @@
 
 Scenes and label rasters pair by file stem (``--scene_key_regex`` / ``--label_key_regex`` as in
 the pairs job). A label raster must share its scene's grid (CRS, transform, size); one that does
-not is an error record (``labels_do_not_align``; reprojecting label rasters or rasterizing vector
-labels is not done yet). Each scene's header is read once to plan its chips (``--chip_size``
+not is an error record (``labels_do_not_align``; label rasters are not reprojected). Vector
+labels (``--vectors``: GeoJSON, or GeoPackage/Shapefile through fiona) are reprojected to each
+scene's CRS and rasterized per chip (VectorLabels). Each scene's header is read once to plan its chips (``--chip_size``
 windows every ``--stride`` pixels, the last row and column flush with the edge); the chips, only
 their descriptions, are spread over the workers, and each worker reads its chip's two windows.
 
 One pixel path with batch segmentation: a chip's pixels come from ``pipelines.rasters``'s
 ``open_geotiff`` (band choice, and for non-8-bit scenes the per-scene 2nd-98th percentile
 stretch) and ``read_window``, the functions ``segpipe segment`` reads its windows with, so a
-model sees the same pixel values in training and inference. Mask rules: COLORS.json as in
-``masks_to_tfrecord``; 255 where the scene or the label raster is nodata; a chip with more than
+model sees the same pixel values in training and inference. Mask rules: ``--mask_colors`` as in
+``masks_to_tfrecord`` (COLORS.json or a VOC/CVAT labelmap.txt); 255 where the scene or the label raster is nodata; a chip with more than
 ``--max_nodata`` of 255 pixels is skipped and counted (``chips_skipped/nodata``), and so is one
 with less than ``--min_labelled`` of pixels of a class other than 0 (``chips_skipped/unlabelled``,
 off by default); an unmapped label
@@ -48,7 +49,7 @@ from pipelines import rasters
 from pipelines.coco_to_tfrecord import split_for
 from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
                                       reject_image)
-from pipelines.masks_to_tfrecord import ColorMap, pair_key
+from pipelines.masks_to_tfrecord import ColorMap, load_color_map, pair_key
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
 from pipelines.storage import write_atomic, write_json  # (no segmodel: dataset workers load no TensorFlow)
 from segcli.raster import RasterConfig, make_parser
@@ -75,17 +76,23 @@ def chip_windows(height: int, width: int, chip: int, stride: int) -> list:
             for r in chip_starts(height, chip, stride) for c in chip_starts(width, chip, stride)]
 
 
-def grids_match(scene, labels) -> bool:
-    return (scene.width, scene.height) == (labels.width, labels.height) and scene.crs == labels.crs \
-        and np.allclose(tuple(scene.transform)[:6], tuple(labels.transform)[:6], rtol=0, atol=1e-9)
+def chip_transform(info, row: int, col: int):
+    """The affine transform of the chip whose top-left pixel is (row, col) of the scene ``info``."""
+    from rasterio.transform import Affine
+    return Affine(*info.transform) * Affine.translation(col, row)
 
 
-def check_alignment(scene: str, label: str) -> None:
-    with rasters.open_raster(scene) as src, rasters.open_raster(label) as lab:
-        if not grids_match(src, lab):
+def check_alignment(info, label: str) -> None:
+    """Refuses a label raster that is not on the grid of the scene ``info`` (its header, read once
+    by rasters.open_geotiff): the same size, CRS and transform."""
+    from rasterio.crs import CRS
+    with rasters.open_raster(label) as lab:
+        same_crs = (CRS.from_string(info.crs) == lab.crs) if info.crs else not lab.crs
+        if not ((info.width, info.height) == (lab.width, lab.height) and same_crs and info.transform is not None
+                and np.allclose(info.transform, tuple(lab.transform)[:6], rtol=0, atol=1e-9)):
             raise image_checks.ImageError(
                 "labels_do_not_align", f"labels {lab.width}x{lab.height} {lab.crs} {tuple(lab.transform)[:6]} "
-                f"!= scene {src.width}x{src.height} {src.crs} {tuple(src.transform)[:6]}")
+                f"!= scene {info.width}x{info.height} {info.crs} {info.transform}")
 
 
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
@@ -233,7 +240,7 @@ class PlanChipsFn(beam.DoFn):
                     raise image_checks.ImageError("scene_without_crs", "vector labels need the scene's CRS")
                 label = None
             else:
-                check_alignment(scene, label)
+                check_alignment(info, label)
         except image_checks.ImageError as e:
             yield from reject_image(f"{scene} + {label}", e.reason, e.detail)
             return
@@ -272,8 +279,7 @@ class ChipFn(beam.DoFn):
             handle.close()
 
     def _vector_mask(self, info, row: int, col: int, h: int, w: int) -> np.ndarray:
-        from rasterio.transform import Affine
-        return self.vectors.rasterize(info.crs, Affine(*info.transform) * Affine.translation(col, row), h, w)
+        return self.vectors.rasterize(info.crs, chip_transform(info, row, col), h, w)
 
     def _raster_mask(self, label: str, row: int, col: int, h: int, w: int) -> np.ndarray:
         from rasterio.windows import Window
@@ -330,9 +336,8 @@ class ChipFn(beam.DoFn):
 
 def chip_feature(info, chip_id: str, row: int, col: int, h: int, w: int, split: str) -> dict:
     """A GeoJSON feature of a chip: its footprint in WGS84 and where it came from."""
-    from rasterio.transform import Affine
     from rasterio.warp import transform_geom
-    transform = Affine(*info.transform) * Affine.translation(col, row)
+    transform = chip_transform(info, row, col)
     corners = [transform * (x, y) for x, y in ((0, 0), (w, 0), (w, h), (0, h), (0, 0))]
     geometry = {"type": "Polygon", "coordinates": [[list(p) for p in corners]]}
     if info.crs:
@@ -384,8 +389,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         config = RasterConfig(**vars(known))
     except ValueError as e:
         raise SystemExit(f"segpipe dataset raster: {e}") from None
-    with FileSystems.open(config.mask_colors) as handle:
-        color_map = ColorMap.from_json(json.loads(handle.read()))
+    color_map = load_color_map(config.mask_colors)
     prepare_output_dir(config.output_dir, config.overwrite)
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)

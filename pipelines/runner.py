@@ -82,11 +82,8 @@ def run_and_summarize(p: beam.Pipeline, job: str, started: float, require=(), ou
         result.wait_until_finish()
     except Exception as error:
         from pipelines.storage import StorageError, is_storage_failure
-        causes, cause = [], error
-        while cause is not None:
-            causes.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        if output_dir and "://" not in str(error) and any(is_storage_failure(c) for c in causes):
+        from segcli.main import exception_chain
+        if output_dir and "://" not in str(error) and any(is_storage_failure(c) for c in exception_chain(error)):
             raise StorageError(f"could not write under {output_dir}: {error}") from error
         raise
     counters = log_summary(job, result, started)

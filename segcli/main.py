@@ -51,12 +51,15 @@ def is_user_error(error: BaseException) -> bool:
     """Errors a user fixes (a path, a document, a bucket that keeps failing), told in one line:
     OSError (Beam's BeamIOError is one), ValueError, KeyError, the Google API clients' and
     TensorFlow's errors, also when a Beam runner re-raised one of them as a RuntimeError."""
+    return any(isinstance(e, (OSError, ValueError, KeyError)) or any(
+        cls.__module__.startswith(USER_ERROR_MODULES) for cls in type(e).__mro__[:-2]) for e in exception_chain(error))
+
+
+def exception_chain(error: BaseException | None):
+    """The error, then what caused it (``raise ... from``) or was being handled when it rose, and so on."""
     while error is not None:
-        if isinstance(error, (OSError, ValueError, KeyError)) or any(
-                cls.__module__.startswith(USER_ERROR_MODULES) for cls in type(error).__mro__[:-2]):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
 
 
 def readable(message: str) -> str:

@@ -29,15 +29,14 @@ def predict_classes(model, images) -> np.ndarray:
     return np.argmax(np.asarray(model(images, training=False)), axis=-1)
 
 
-def positive_index(class_names, positive_class: str | None, num_classes: int):
+def positive_index(names: list, positive_class: str | None):
     """The class scored as "road" (KITTI's metrics): the one named, or for a two-class model its
     second class (the first is the background); None when neither applies."""
     if positive_class:
-        names = list(class_names or [str(i) for i in range(num_classes)])
         if positive_class not in names:
             raise ValueError(f"--positive_class {positive_class!r} is not one of the model's classes {names}")
         return names.index(positive_class)
-    return 1 if num_classes == 2 else None
+    return 1 if len(names) == 2 else None
 
 
 def evaluate(model, data: str, class_names=None, split: str = "val", positive_class: str | None = None) -> dict:
@@ -48,7 +47,8 @@ def evaluate(model, data: str, class_names=None, split: str = "val", positive_cl
     from segmodel.exported import as_nhwc
     model = as_nhwc(model)  # a torchvision-style export scores through the network it wraps
     num_classes = len(class_names) if class_names else int(model.outputs[0].shape[-1])
-    positive = positive_index(class_names, positive_class, num_classes)
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    positive = positive_index(names, positive_class)
     cm = np.zeros((num_classes, num_classes), np.int64)
     road_pos = np.zeros(road_metrics.LEVELS, np.int64)
     road_neg = np.zeros(road_metrics.LEVELS, np.int64)
@@ -67,8 +67,7 @@ def evaluate(model, data: str, class_names=None, split: str = "val", positive_cl
     result = metrics.scores(cm, class_names)
     result["images"] = images
     if positive is not None:
-        name = (list(class_names) if class_names else [str(i) for i in range(num_classes)])[positive]
-        result["road"] = {"class": name, **road_metrics.road_scores(road_pos, road_neg),
+        result["road"] = {"class": names[positive], **road_metrics.road_scores(road_pos, road_neg),
                           **road_metrics.labelled_rates(cm, positive)}
     return result
 

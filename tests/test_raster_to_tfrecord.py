@@ -36,6 +36,29 @@ def scene_and_labels(tmp_path, testdata):
     return scene, labels
 
 
+def boxes_on_pixel_centres(boxes, index, valid) -> np.ndarray:
+    """The reference mask of pixel-aligned boxes ((r0, c0, r1, c1), class) burnt in order: a pixel
+    takes a box's class when its centre lies inside (rasterio's rule, here in NumPy); 255 where
+    the scene is not valid."""
+    height, width = valid.shape
+    expected = np.zeros((height, width), np.uint8)
+    rows, cols = np.mgrid[0:height, 0:width] + 0.5
+    for (r0, c0, r1, c1), cls in boxes:
+        expected[(rows > r0) & (rows < r1) & (cols > c0) & (cols < c1)] = index[cls]
+    expected[~valid] = 255
+    return expected
+
+
+def assert_chips_are(out, expected, count=12) -> dict:
+    """Every 256-px chip's mask in OUT equals its window of ``expected``; returns the records."""
+    records = read_records(str(out / "*.tfrecord"))
+    assert len(records) == count
+    for chip, record in records.items():
+        r, c = (int(part[1:]) for part in chip.split("/")[1].split("_"))
+        assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
+    return records
+
+
 def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_labels):
     scene, labels = scene_and_labels
     out = tmp_path / "out"
@@ -117,8 +140,6 @@ def test_a_chip_reads_the_same_pixels_as_batch_segmentation(tmp_path, scene_and_
     chip_job = next(j for j in jobs if j[3][:2] == (256, 512))
     outputs = list(ChipFn(config, ColorMap.from_json(COLORS), str(tmp_path / "o")).process(chip_job))
     ref = next(o for o in outputs if isinstance(o, tuple))[2]
-    import io
-
     from PIL import Image
     chip_pixels = np.asarray(Image.open(ref.path))
     chunk = next(c for c in plan_chunks(str(wide), "landsat16", 512, 64, 4096))
@@ -164,7 +185,7 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
     from rasterio.warp import transform as reproject_points
     scene, _ = scene_and_labels
     with rasterio.open(scene) as src:
-        t, crs, height, width = src.transform, src.crs, src.height, src.width
+        t, crs = src.transform, src.crs
         scene_valid = src.dataset_mask() > 0
     boxes = [((100, 120, 400, 380), "bright"), ((300, 200, 600, 500), 20), ((50, 600, 150, 700), "dark")]
     features = []
@@ -179,21 +200,12 @@ def test_vector_labels_in_wgs84_are_burnt_into_each_chip_in_the_scenes_crs(tmp_p
     features.append({"type": "Feature", "properties": {"class": "dark"}, "geometry": {
         "type": "Polygon", "coordinates": [[square[0], square[2], square[1], square[3], square[0]]]}})
     (tmp_path / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    expected = np.zeros((height, width), np.uint8)
-    index = {"bright": 3, 20: 2, "dark": 1}
-    rows, cols = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
-    for (r0, c0, r1, c1), cls in boxes:
-        expected[(rows > r0) & (rows < r1) & (cols > c0) & (cols < c1)] = index[cls]
-    expected[~scene_valid] = 255
+    expected = boxes_on_pixel_centres(boxes, {"bright": 3, 20: 2, "dark": 1}, scene_valid)
     out = tmp_path / "out"
     raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--vectors", str(tmp_path / "labels.geojson"),
                             "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
                             "--chip_size", "256", "--stride", "256", "--max_nodata", "1.0"])
-    records = read_records(str(out / "*.tfrecord"))
-    assert len(records) == 12
-    for chip, record in records.items():
-        r, c = (int(part[1:]) for part in chip.split("/")[1].split("_"))
-        assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
+    records = assert_chips_are(out, expected)
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["reason"] for e in errors) == ["no_geometry", "self_intersection", "unknown_class"]
     # chips without a labelled object: skipped and counted when asked
@@ -267,7 +279,7 @@ def test_geopackage_and_shapefile_labels_written_by_fiona(tmp_path, scene_and_la
     from rasterio.warp import transform as reproject_points
     scene, _ = scene_and_labels
     with rasterio.open(scene) as src:
-        t, scene_crs, height, width = src.transform, src.crs, src.height, src.width
+        t, scene_crs = src.transform, src.crs
         scene_valid = src.dataset_mask() > 0
     crs = crs or scene_crs.to_string()
     boxes = [((100, 120, 400, 380), "bright"), ((300, 200, 600, 500), "mid")]
@@ -282,17 +294,9 @@ def test_geopackage_and_shapefile_labels_written_by_fiona(tmp_path, scene_and_la
             xs, ys = reproject_points(scene_crs, crs, list(xs), list(ys))
             dst.write({"geometry": {"type": "Polygon", "coordinates": [list(zip(xs, ys))]},
                        "properties": {"class": cls}})
-    expected = np.zeros((height, width), np.uint8)
-    rows, cols = np.mgrid[0:height, 0:width] + 0.5
-    for (r0, c0, r1, c1), cls in boxes:
-        expected[(rows > r0) & (rows < r1) & (cols > c0) & (cols < c1)] = {"bright": 3, "mid": 2}[cls]
-    expected[~scene_valid] = 255
+    expected = boxes_on_pixel_centres(boxes, {"bright": 3, "mid": 2}, scene_valid)
     out = tmp_path / "out"
     raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--vectors", str(path),
                             "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
                             "--chip_size", "256", "--stride", "256", "--max_nodata", "1.0"])
-    records = read_records(str(out / "*.tfrecord"))
-    assert len(records) == 12
-    for chip, record in records.items():
-        r, c = (int(part[1:]) for part in chip.split("/")[1].split("_"))
-        assert np.array_equal(record["mask"], expected[r:r + 256, c:c + 256]), chip
+    assert_chips_are(out, expected)

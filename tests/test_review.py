@@ -5,7 +5,6 @@ import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
-import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
