@@ -1,0 +1,250 @@
+"""CamVid from scratch: the raw folders -> datasets -> training with a preset for a fixed wall-clock
+budget -> the 233 test frames scored at full 480x360 at fixed points of training time.
+
+    python bench/camvid.py                      # 15/30/60/120 minutes, --config camvid
+    python bench/camvid.py --minutes 5,10 --output_dir bench_output/camvid_short
+
+Each split goes through ``segpipe dataset masks`` with ``examples/camvid_classes.json`` (void 11
+-> 255); training is ``segmodel.train.train`` on the train split, choosing on val (best.keras),
+with a clock that saves a snapshot of the weights at each point of training time (validation
+included: it is part of training) and stops at the last. A killed run resumes where it stopped
+when the same command is given again: training from its backup, the clock from clock.json (an
+epoch cut short by the kill is trained again and its time counted once).
+
+Before it prints a figure it checks its own outputs: every split converted without an error
+record (367/101/233 frames), 233 test images scored per model. The output: results.json and
+the table (results.md) under --output_dir, the test figures of each snapshot and of the model
+chosen on val, beside the published rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from bench.camvid_data import PUBLISHED, SPLITS, build_datasets, camvid_dir  # noqa: E402
+
+LOG = logging.getLogger("bench.camvid")
+
+
+def probe_seconds_per_step(config, num_classes: int, steps: int = 8) -> float:
+    """Seconds per training step of ``config``'s network on random batches of its crop size (after
+    two warm-up steps): the step budget that fills the time budget is planned from it."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from segmodel import fcn
+    from segmodel.losses import MaskedCrossEntropy
+    model = fcn.build_fcn(config.arch, num_classes, width=config.width, fc_units=config.fc_units,
+                          dropout=config.dropout, batch_norm=config.batch_norm,
+                          skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=MaskedCrossEntropy())
+    rng = np.random.default_rng(0)
+    size = config.image_size
+    images = rng.uniform(0, 255, (config.batch_size, size, size, 3)).astype("float32")
+    masks = rng.integers(0, num_classes, (config.batch_size, size, size, 1)).astype("uint8")
+    data = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+    return (time.perf_counter() - start) / steps
+
+
+def training_clock(state_path: str, snapshot_dir: str, points_s: list):
+    """A Keras callback that counts training wall time across resumes (clock.json, written after
+    each epoch's backup), saves the weights as ``at_<minutes>min.keras`` when the count passes each
+    of ``points_s`` and stops training at the last one."""
+    import keras
+    import tensorflow as tf
+
+    from segmodel.exported import save_atomic
+
+    def load():
+        if tf.io.gfile.exists(state_path):
+            with tf.io.gfile.GFile(state_path) as handle:
+                return json.load(handle)
+        return {"elapsed_s": 0.0, "snapshots": {}}
+
+    class TrainingClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.state = load()
+            self.base, self.start = self.state["elapsed_s"], time.perf_counter()
+
+        def elapsed(self):
+            return self.base + time.perf_counter() - self.start
+
+        def snapshot(self, point):
+            name = f"at_{point / 60:g}min"
+            save_atomic(self.model, f"{snapshot_dir}/{name}.keras")
+            self.state["snapshots"][name] = {"elapsed_s": self.elapsed(), "point_s": point,
+                                             "step": int(self.model.optimizer.iterations.numpy())}
+            self.save()
+            LOG.info("snapshot %s at %.0f s of training, step %d", name, self.elapsed(),
+                     self.state["snapshots"][name]["step"])
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = self.elapsed()
+            for point in points_s:
+                if now >= point and f"at_{point / 60:g}min" not in self.state["snapshots"]:
+                    self.snapshot(point)
+            if now >= points_s[-1]:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.state["epoch"] = epoch + 1
+            self.save()
+
+        def on_train_end(self, logs=None):
+            # the step budget ran out first: the last point is the trained model, at the time it took
+            last = f"at_{points_s[-1] / 60:g}min"
+            if last not in self.state["snapshots"]:
+                self.snapshot(points_s[-1])
+            self.save()
+
+        def save(self):
+            self.state["elapsed_s"] = self.elapsed()
+            temp = f"{state_path}.tmp"
+            with tf.io.gfile.GFile(temp, "w") as handle:
+                json.dump(self.state, handle, indent=2)
+            tf.io.gfile.rename(temp, state_path, overwrite=True)
+
+    return TrainingClock()
+
+
+def plan(out: str, config, num_classes: int, budget_s: float) -> dict:
+    """The step budget (the LR schedule runs to zero at the last step) for ``budget_s`` of training,
+    measured once and kept in plan.json so that a resumed run keeps its schedule."""
+    path = f"{out}/plan.json"
+    if os.path.exists(path):
+        with open(path) as handle:
+            return json.load(handle)
+    seconds = probe_seconds_per_step(config, num_classes)
+    # 0.75: the input pipeline shares the cores with the steps (1.5 s a step against the probe's
+    # 1.24 on 2 cores, measured), and validation runs after each epoch
+    steps = max(config.steps_per_epoch, int(0.75 * budget_s / seconds))
+    result = {"probe_s_per_step": seconds, "max_steps": steps, "budget_s": budget_s,
+              "epochs": math.ceil(steps / config.steps_per_epoch)}
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+    return result
+
+
+def machine() -> dict:
+    import platform
+
+    import tensorflow as tf
+    return {"cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "cpu": platform.processor() or platform.machine(),
+            "gpus": len(tf.config.list_physical_devices("GPU")), "tensorflow": tf.__version__}
+
+
+def score(model_path: str, data_dir: str, names: list) -> dict:
+    import keras
+
+    import segmodel.exported  # noqa: F401  (registers the custom layers)
+    from segmodel.evaluate import evaluate
+    model = keras.models.load_model(model_path, compile=False)
+    result = evaluate(model, data_dir, names, split="test")
+    if result["images"] != SPLITS["test"]:
+        raise SystemExit(f"{model_path}: {result['images']} test images scored, expected {SPLITS['test']}")
+    return result
+
+
+def table(rows: list, names: list) -> str:
+    short = {"sign_symbol": "sign", "pedestrian": "ped.", "bicyclist": "bicycl.", "pavement": "pavem."}
+    head = ["model", "training", "mean IoU", "pixel acc.", "mean acc.", "f.w. IoU"] + \
+        [short.get(n, n) for n in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["model"], row["training"]] + [f"{row[k]:.3f}" if isinstance(row[k], float) else "-"
+                                                   for k in ("mean_iou", "pixel_accuracy", "mean_accuracy",
+                                                             "frequency_weighted_iou")]
+        cells += [f"{row['iou'][n]:.2f}" if row.get("iou") and row["iou"][n] is not None else "-" for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--camvid", default=None, help="the CamVid folder (default: ../shared/testdata/camvid)")
+    parser.add_argument("--output_dir", default=os.path.join(ROOT, "bench_output", "camvid"))
+    parser.add_argument("--minutes", default="15,30,60,120", help="points of training time; training stops at the last")
+    parser.add_argument("--config", default="camvid", help="the training preset")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a preset field (e.g. --set class_weights=false), for ablations")
+    args = parser.parse_args(argv)
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    source = camvid_dir(args.camvid)
+    points = sorted(float(m) * 60 for m in args.minutes.split(","))
+
+    data = build_datasets(source, f"{out}/data")  # checks the counts and that no input was rejected
+
+    from segcli.train import make_parser as train_parser, config_from_args
+    train_argv = ["--train_data", data["train"], "--model_dir", f"{out}/model", "--config", args.config]
+    for item in args.set:
+        field, _, value = item.partition("=")
+        train_argv += [f"--{field}", value]
+    config = config_from_args(train_parser().parse_args(train_argv))
+    with open(f"{data['train']}/classes.json") as handle:
+        names = [c["name"] for c in json.load(handle)["classes"]]
+    budget = plan(out, config, len(names), points[-1])
+    import dataclasses
+    config = dataclasses.replace(config, max_steps=budget["max_steps"], epochs=budget["epochs"])
+    LOG.info("plan: %s", budget)
+
+    from segmodel.train import train
+    clock_path = f"{out}/clock.json"
+    clock_state = json.load(open(clock_path)) if os.path.exists(clock_path) else {}
+    if not os.path.exists(f"{out}/model/model.keras"):
+        started = time.time()
+        train(data["train"], f"{out}/model", config, val_data=data["val"], progress=2,
+              extra_callbacks=[training_clock(clock_path, f"{out}/snapshots", points)])
+        LOG.info("training took %.0f s of wall time in this process", time.time() - started)
+        clock_state = json.load(open(clock_path))
+
+    rows = []
+    for point in points:
+        name = f"at_{point / 60:g}min"
+        info = clock_state["snapshots"][name]
+        result = score(f"{out}/snapshots/{name}.keras", data["test"], names)
+        rows.append({"model": f"segpipe --config {args.config} ({name.replace('_', ' ')})",
+                     "training": f"{info['elapsed_s'] / 60:.0f} min, step {info['step']}",
+                     **{k: result[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy",
+                                               "frequency_weighted_iou")},
+                     "iou": result["per_class_iou"], "images": result["images"]})
+    chosen = score(f"{out}/model/model.keras", data["test"], names)
+    history = open(f"{out}/model/history.csv").read().splitlines()
+    rows.append({"model": f"segpipe --config {args.config} (best on val)", "training": "chosen on the 101 val frames",
+                 **{k: chosen[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")},
+                 "iou": chosen["per_class_iou"], "images": chosen["images"]})
+    for model, value in PUBLISHED:
+        rows.append({"model": model, "training": "published", "mean_iou": value, "pixel_accuracy": None,
+                     "mean_accuracy": None, "frequency_weighted_iou": None})
+    report = {"machine": machine(), "config": dataclasses.asdict(config), "plan": budget, "clock": clock_state,
+              "datasets": data, "rows": rows, "epochs_logged": len(history) - 1,
+              "command": " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))}
+    with open(f"{out}/results.json", "w") as handle:
+        json.dump(report, handle, indent=2)
+    text = table(rows, names)
+    with open(f"{out}/results.md", "w") as handle:
+        handle.write(text + "\n")
+    cores = report["machine"]["usable_cores"]
+    print(f"CamVid test (233 frames at 480x360), trained from scratch on {cores} CPU cores "
+          f"({report['machine']['cpu']}, {report['machine']['gpus']} GPUs):")
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
