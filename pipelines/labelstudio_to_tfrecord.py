@@ -7,6 +7,8 @@ The export (Label Studio's "JSON" export: tasks with their annotations) is turne
 instances document (segformat.label_studio.export_to_coco: brush regions as RLE, polygons from
 percent to pixels, the latest non-cancelled annotation of each task) and converted by
 ``pipelines.coco_to_tfrecord`` (overlaps, validation, shards, manifest and errors as there).
+A class table whose first class is not ``background`` (CamVid's starts with sky) has every
+class drawn as a label, and the pixels no region covers become 255 (void), not class 0.
 Tasks people skipped or never annotated (and tasks with unknown labels, malformed regions or a
 duplicate image) are not used: each is an error record in ``OUT/errors.jsonl`` (source
 ``EXPORT#task=ID``), counted in ``stats.json`` (``tasks_unused`` by reason) and listed in
@@ -27,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.storage import write_json
 from segcli.labelstudio import make_parser
-from segformat.label_studio import export_to_coco
+from segformat.label_studio import category_indices, export_to_coco
 
 
 def read_class_names(path: str) -> list:
@@ -85,8 +87,11 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     with open(annotations, "w") as handle:
         json.dump(coco, handle)
     classes = os.path.join(workdir, "classes.json")
-    with open(classes, "w") as handle:  # category id k -> mask index k: the model's own numbering
-        json.dump({str(k): k for k in range(1, len(class_names))}, handle)
+    with open(classes, "w") as handle:  # the model's own table: its names, categories -> its indices
+        json.dump({"classes": [{"index": index, "name": class_names[index] if index < len(class_names) else "unlabeled",
+                                "coco_id": category} for category, index in category_indices(class_names).items()]
+                   + ([{"index": 0, "name": class_names[0]}] if 0 not in category_indices(class_names).values() else [])},
+                  handle)
     try:
         result = coco_to_tfrecord.run(
             ["--annotations", annotations, "--images", known.images, "--output_dir", known.output_dir,

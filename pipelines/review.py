@@ -29,6 +29,8 @@ import sys
 import numpy as np
 
 from segcli.review import ReviewConfig, make_parser
+from segformat import label_studio
+from segformat.masks import background_index
 
 LOG = logging.getLogger(__name__)
 
@@ -42,10 +44,11 @@ def select(records: list, config: ReviewConfig, class_names, excluded=frozenset(
         return by_priority[:config.count]
     if config.strategy == "random":
         return random.Random(config.seed).sample(sorted(pool, key=lambda r: r["input"]), min(config.count, len(pool)))
-    queues = {}  # stratified: per predicted class (background aside), most uncertain first
+    queues = {}  # stratified: per predicted class (the background, if there is one, aside), most uncertain first
+    background = {class_names[0]} if background_index(class_names) is not None else set()
     for record in by_priority:
         for name, fraction in record["class_fraction"].items():
-            if fraction > 0 and name != class_names[0]:
+            if fraction > 0 and name not in background:
                 queues.setdefault(name, []).append(record)
     chosen, seen = [], set()
     while len(chosen) < config.count and any(queues.values()):
@@ -93,13 +96,16 @@ def build_batch(config: ReviewConfig) -> dict:
 
     from pipelines.palette import palette
     from pipelines.storage import write_atomic
-    from segformat import label_studio
     seg = config.segmentation.rstrip("/")
     with FileSystems.open(f"{seg}/summary.jsonl") as handle:
         records = [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
     with FileSystems.open(f"{seg}/labels_coco.json") as handle:
         coco = json.loads(handle.read())
-    class_names = ["background"] + [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    if FileSystems.exists(f"{seg}/classes.json"):
+        with FileSystems.open(f"{seg}/classes.json") as handle:
+            class_names = [c["name"] for c in sorted(json.loads(handle.read())["classes"], key=lambda c: c["index"])]
+    else:  # a folder segmented before classes.json was written beside the masks
+        class_names = ["background"] + [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     excluded = set()
     if config.exclude:
         with FileSystems.open(config.exclude) as handle:

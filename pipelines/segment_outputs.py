@@ -25,7 +25,7 @@ from pipelines import palette, rasters
 from pipelines.chunks import Chunk
 from pipelines.runner import error_record
 from pipelines.storage import commit_temp, temp_name, upload_atomic, write_atomic, writing
-from segformat.masks import IGNORE_INDEX
+from segformat.masks import IGNORE_INDEX, background_index
 from segmodel import tiling
 
 # Rows of the output GeoTIFF assembled at once when parts are merged: one block row of the
@@ -102,7 +102,7 @@ class ChunkWriter:
 
     def _finish_from_memory(self, info, path: str, mask, stats) -> dict:
         """The record of an input whose whole mask is in memory (its COCO runs read from it)."""
-        runs = class_runs(lambda c0, c1: mask[:, c0:c1], info.height, info.width, present_classes(stats))
+        runs = class_runs(lambda c0, c1: mask[:, c0:c1], info.height, info.width, present_classes(stats, self.spec.class_names))
         return finish_input(self.spec, info, path, stats, runs)
 
     def _write_part(self, chunk: Chunk, mask, stats) -> dict:
@@ -129,8 +129,16 @@ def write_failure(source: str, error: Exception) -> dict:
     return error_record(source, "write_failed", f"{type(error).__name__}: {error}"[:500])
 
 
-def present_classes(stats) -> list:
-    return [c for c, pixels in enumerate(np.asarray(stats["pixels"])) if c > 0 and pixels > 0]
+def present_classes(stats, class_names) -> list:
+    """The classes the machine labels carry: every class predicted somewhere, the background aside."""
+    background = background_index(class_names)
+    return [c for c, pixels in enumerate(np.asarray(stats["pixels"])) if c != background and pixels > 0]
+
+
+def category_id(index: int, class_names) -> int:
+    """A class's COCO category id in labels_coco.json: its mask index after a background (0 is
+    no category), index + 1 in a table without one (COCO ids start at 1)."""
+    return index if background_index(class_names) is not None else index + 1
 
 
 def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
@@ -155,7 +163,7 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
             with rasters.open_raster(local) as src:
                 from rasterio.windows import Window
                 runs = class_runs(lambda c0, c1: src.read(1, window=Window(c0, 0, c1 - c0, info.height)),
-                                  info.height, info.width, present_classes(totals))
+                                  info.height, info.width, present_classes(totals, spec.class_names))
         finally:
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         return {"record": finish_input(spec, info, path, totals, runs)}
@@ -213,7 +221,7 @@ def make_record(info, path, names, totals, runs) -> dict:
     for c, counts in sorted(runs.items()):
         rle = mask_utils.frPyObjects({"size": [info.height, info.width], "counts": counts}, info.height, info.width)
         annotations.append({
-            "category_id": int(c), "iscrowd": 0,
+            "category_id": category_id(int(c), names), "iscrowd": 0,
             "segmentation": {"size": [info.height, info.width], "counts": rle["counts"].decode("ascii")},
             "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
             "score": float(confidence[c] / max(pixels[c], 1)),
@@ -265,7 +273,9 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                 first_ann = False
         images = ",\n".join(json.dumps({"id": i, "file_name": name, "height": h, "width": w})
                             for name, (i, h, w) in image_ids.items())
-        categories = [{"id": i, "name": n, "supercategory": ""} for i, n in enumerate(class_names) if i > 0]
+        background = background_index(class_names)
+        categories = [{"id": category_id(i, class_names), "name": n, "supercategory": ""}
+                      for i, n in enumerate(class_names) if i != background]
         temp = temp_name(f"{output_dir}/labels_coco.json")
         with writing(f"{output_dir}/labels_coco.json", temp), \
                 FileSystems.create(temp, mime_type="application/json") as out:
@@ -277,3 +287,7 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                 out.write(chunk.encode())
             out.write("\n]}\n".encode())
     commit_temp(temp, f"{output_dir}/labels_coco.json")
+    # the model's class table, for what reads the masks (segpipe review names the classes from it)
+    write_atomic(f"{output_dir}/classes.json", json.dumps(
+        {"ignore_index": IGNORE_INDEX, "classes": [{"index": i, "name": n} for i, n in enumerate(class_names)]},
+        indent=2).encode(), "application/json")

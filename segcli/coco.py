@@ -49,7 +49,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotations", required=True, help="COCO instances JSON (local path or gs://)")
     parser.add_argument("--images", required=True, help="folder the JSON's file_name values are relative to")
     parser.add_argument("--output_dir", required=True, help="where shards, classes.json, stats.json go")
-    parser.add_argument("--classes", default="all", help="all | voc | CLASSES.json (category id or name -> index)")
+    parser.add_argument("--classes", default="all", help="all | voc | CLASSES.json (category id or name -> index, or a classes.json table with coco_id per class)")
     parser.add_argument("--split", default=defaults["split"], help="name of the main split (shard file prefix)")
     parser.add_argument("--val_fraction", type=float, default=defaults["val_fraction"],
                         help="fraction of images (by a hash of the id) written as val-*.tfrecord")

@@ -20,6 +20,8 @@ import html
 
 import numpy as np
 
+from segformat.masks import IGNORE_INDEX, background_index
+
 WORD_SIZE = 8
 RLE_SIZES = (3, 4, 8, 16)  # Label Studio's defaults: block lengths up to 8, 16, 256 and 65536
 
@@ -47,8 +49,20 @@ def encode_brush_rle(region: np.ndarray) -> list:
     return np.packbits(np.frombuffer(stream.encode(), np.uint8) - ord("0")).tolist()
 
 
-def brush_results(mask: np.ndarray, class_names, skip=(0,), from_name: str = "tag", to_name: str = "image") -> list:
-    """One BrushLabels result per class present in a class-index mask (background and 255 skipped)."""
+def category_indices(class_names) -> dict:
+    """COCO category id -> mask index for the document export_to_coco writes: 1..N -> 1..N after a
+    background; without one, k + 1 -> k for every class and one more id, the "unlabeled" region
+    covering each image as a crowd, -> 255 (pixels no person painted are not taught as any class)."""
+    if background_index(class_names) is not None:
+        return {k: k for k in range(1, len(class_names))}
+    return {**{k + 1: k for k in range(len(class_names))}, len(class_names) + 1: IGNORE_INDEX}
+
+
+def brush_results(mask: np.ndarray, class_names, skip=None, from_name: str = "tag", to_name: str = "image") -> list:
+    """One BrushLabels result per class present in a class-index mask (the background, if the table
+    has one, and 255 skipped)."""
+    if skip is None:
+        skip = (0,) if background_index(class_names) is not None else ()
     height, width = mask.shape
     results = []
     for index in np.unique(mask).tolist():
@@ -69,8 +83,11 @@ def task(image_url: str, mask: np.ndarray, class_names, score: float, model_vers
                              "result": brush_results(mask, class_names)}]}
 
 
-def labeling_config(class_names, colors, skip=(0,)) -> str:
-    """The labeling interface these tasks go with: an image and one brush label per class."""
+def labeling_config(class_names, colors, skip=None) -> str:
+    """The labeling interface these tasks go with: an image and one brush label per class (the
+    background, if the table has one, is what no brush covers)."""
+    if skip is None:
+        skip = (0,) if background_index(class_names) is not None else ()
     labels = "\n".join(f'    <Label value="{html.escape(name, quote=True)}" background="#{r:02x}{g:02x}{b:02x}"/>'
                        for index, (name, (r, g, b)) in enumerate(zip(class_names, colors)) if index not in skip)
     return ('<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
@@ -123,12 +140,20 @@ def export_to_coco(items: list, class_names, image_name) -> tuple:
     """A Label Studio JSON export -> (a COCO instances document, [(task id, reason)] not used).
 
     Brush regions become compressed-RLE segmentations, polygons (points in percent of the image)
-    pixel polygons; ``class_names`` (background first) numbers the categories 1..N as a model's
-    classes.json does. ``image_name(url)`` gives a task image's file name under the images folder.
-    Tasks skipped or never annotated are listed, not turned into all-background masks."""
+    pixel polygons; ``class_names`` (a model's classes.json order) numbers the categories as
+    ``category_indices`` maps them back: with a background first, 1..N; without one, every class,
+    and each image gets one crowd region of category "unlabeled" over the whole frame, so that the
+    pixels no region covers become 255 under the COCO job's default ``--crowd ignore``.
+    ``image_name(url)`` gives a task image's file name under the images folder. Tasks skipped or
+    never annotated are listed, not turned into all-background masks."""
     from pycocotools import mask as mask_utils
-    categories = [{"id": k, "name": name} for k, name in enumerate(class_names) if k > 0]
-    index = {name: k for k, name in enumerate(class_names)}
+    ids = {index: category for category, index in category_indices(class_names).items()}
+    categories = [{"id": ids[k], "name": name} for k, name in enumerate(class_names) if k in ids]
+    void = None
+    if background_index(class_names) is None:
+        void = len(class_names) + 1
+        categories.append({"id": void, "name": "unlabeled"})
+    index = {name: ids[k] for k, name in enumerate(class_names) if k in ids}
     images, annotations, unused, seen = [], [], [], set()
     for item in items:
         annotation = chosen_annotation(item)
@@ -175,4 +200,8 @@ def export_to_coco(items: list, class_names, image_name) -> tuple:
         for category, segmentation in converted:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
                                 "segmentation": segmentation, "iscrowd": 0})
+        if void is not None:  # one run of height x width ones: the whole frame
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": void,
+                                "segmentation": {"size": [height, width], "counts": [0, height * width]},
+                                "iscrowd": 1})
     return {"images": images, "annotations": annotations, "categories": categories}, unused

@@ -256,11 +256,18 @@ def class_pixel_counts(mask: np.ndarray, values=None) -> np.ndarray:
 
 # --- class tables ------------------------------------------------------------------------------
 
+def background_index(class_names):
+    """0 when a class table's first class is the background (what no label covers: the COCO job
+    and the demo number classes so), else None: a table without one (CamVid's first class is sky)
+    has every class drawn and counted as a label, and unlabelled pixels are void (255)."""
+    return 0 if len(class_names) and class_names[0] == "background" else None
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassTable:
     """Which COCO category becomes which mask index, and the names that go to classes.json."""
     category_to_index: dict  # COCO category id -> mask index (0..254 or 255)
-    names: tuple  # names[i] is the name of mask index i; names[0] == "background"
+    names: tuple  # names[i] is the name of mask index i; names[0] is "background" unless the table says
     coco_ids: tuple  # coco_ids[i]: the COCO category id of index i, or None
     # every category id the dataset declares: tells "not selected by --classes" from "unknown"
     known_category_ids: frozenset = frozenset()
@@ -275,11 +282,24 @@ class ClassTable:
         return {"ignore_index": IGNORE_INDEX, "classes": classes}
 
 
+def _table_from_classes_json(doc: dict, known: frozenset) -> ClassTable:
+    """A table given whole, in classes.json's own form: each class's index, name and coco_id
+    (a model's or a dataset's table, reused; index 255 entries name categories to ignore)."""
+    entries = sorted(doc["classes"], key=lambda c: int(c["index"]))
+    mapping = {int(c["coco_id"]): int(c["index"]) for c in entries if c.get("coco_id") is not None}
+    kept = [c for c in entries if int(c["index"]) != IGNORE_INDEX]
+    if [int(c["index"]) for c in kept] != list(range(len(kept))) or len(kept) > MAX_CLASSES + 1:
+        raise ValueError("a classes.json table needs indices 0..N-1 (and 255 for ignored categories)")
+    return ClassTable(mapping, tuple(str(c["name"]) for c in kept),
+                      tuple(None if c.get("coco_id") is None else int(c["coco_id"]) for c in kept), known)
+
+
 def build_class_table(categories: Sequence[dict], spec="all") -> ClassTable:
     """Class table for ``--classes all|voc|<mapping>``.
 
-    ``spec`` is ``"all"``, ``"voc"`` or a user mapping (the parsed CLASSES.json) from category id
-    (int or decimal string) or name to mask index.
+    ``spec`` is ``"all"``, ``"voc"``, a user mapping (the parsed CLASSES.json) from category id
+    (int or decimal string) or name to mask index, or a whole table in classes.json's form
+    (``{"classes": [{"index", "name", "coco_id"}, ...]}``: names as given, index 0 included).
     """
     by_id = {int(c["id"]): c for c in categories}
     known = frozenset(by_id)
@@ -294,6 +314,8 @@ def build_class_table(categories: Sequence[dict], spec="all") -> ClassTable:
             str(by_id[cid].get("name", VOC_NAMES[k])) if cid in by_id else VOC_NAMES[k]
             for k, cid in enumerate(VOC_COCO_IDS))
         return ClassTable({cid: k + 1 for k, cid in enumerate(VOC_COCO_IDS)}, names, (None,) + VOC_COCO_IDS, known)
+    if isinstance(spec, dict) and isinstance(spec.get("classes"), list):
+        return _table_from_classes_json(spec, known)
     if isinstance(spec, dict):
         by_name = {str(c.get("name")): int(c["id"]) for c in categories}
         mapping = {}

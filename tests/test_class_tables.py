@@ -1,5 +1,6 @@
 """--classes all | voc | mapping: the class table and classes.json, written out literally
 (docs/datasets.md's rules) for small category lists, including the edges."""
+import numpy as np
 import pytest
 
 from segformat import masks as M
@@ -52,3 +53,42 @@ def test_bad_class_specs_say_what_is_wrong(spec, message):
     with pytest.raises(ValueError) as info:
         M.build_class_table(CATS, spec)
     assert str(info.value) == message
+
+
+def test_a_whole_table_in_classes_json_form_keeps_its_names_and_ignores_255():
+    doc = {"classes": [{"index": 1, "name": "road", "coco_id": 2}, {"index": 0, "name": "sky", "coco_id": 1},
+                       {"index": 255, "name": "unlabeled", "coco_id": 3}]}
+    table = M.build_class_table([{"id": 1}, {"id": 2}, {"id": 3}], doc)
+    assert table.names == ("sky", "road") and table.coco_ids == (1, 2)
+    assert table.category_to_index == {1: 0, 2: 1, 3: 255}
+    with pytest.raises(ValueError, match="indices 0..N-1"):
+        M.build_class_table([], {"classes": [{"index": 1, "name": "road", "coco_id": 2}]})
+
+
+def test_background_is_the_class_named_so_at_index_0():
+    assert M.background_index(["background", "road"]) == 0
+    assert M.background_index(["sky", "background"]) is None and M.background_index([]) is None
+
+
+def test_label_studio_tables_without_background_label_every_class_and_void_the_rest():
+    from pycocotools import mask as mask_utils
+
+    from segformat import label_studio
+    names = ["sky", "road"]
+    mask = np.array([[0, 0, 1], [255, 1, 1]], np.uint8)
+    results = label_studio.brush_results(mask, names)
+    assert [r["value"]["brushlabels"] for r in results] == [["sky"], ["road"]]
+    assert 'value="sky"' in label_studio.labeling_config(names, [(1, 2, 3), (4, 5, 6)])
+    items = [{"id": 1, "data": {"image": "/data/local-files/?d=x/a.png"},
+              "annotations": [{"id": 1, "result": results}]}]
+    coco, unused = label_studio.export_to_coco(items, names, lambda url: url.rsplit("/", 1)[-1])
+    assert unused == [] and label_studio.category_indices(names) == {1: 0, 2: 1, 3: 255}
+    by_category = {a["category_id"]: a for a in coco["annotations"]}
+    assert {c["id"]: c["name"] for c in coco["categories"]} == {1: "sky", 2: "road", 3: "unlabeled"}
+    assert by_category[3]["iscrowd"] == 1  # the whole frame, left to --crowd ignore
+    whole = mask_utils.frPyObjects(by_category[3]["segmentation"], 2, 3)
+    assert mask_utils.decode(whole).all()
+    sky = by_category[1]["segmentation"]
+    assert np.array_equal(mask_utils.decode({"size": sky["size"], "counts": sky["counts"].encode()}), mask == 0)
+    # with a background first: classes 1..N, nothing for what no region covers
+    assert label_studio.category_indices(["background", "road"]) == {1: 1}

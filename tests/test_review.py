@@ -39,6 +39,37 @@ def test_the_most_uncertain_first_rare_classes_in_a_stratified_batch_and_exclusi
     assert len(set(pick(count=5, strategy="random"))) == 5
 
 
+def test_random_draws_do_not_depend_on_the_uncertainty_ranking():
+    import random
+    pool = [record(f"p{k:03d}", random.Random(k).random(), road=0.5) for k in range(200)]
+    reversed_ranking = [dict(r, review_priority=1 - r["review_priority"]) for r in pool]
+    config = ReviewConfig(segmentation="s", output_dir="o", count=20, strategy="random", seed=7)
+    drawn = [r["input"] for r in review.select(pool, config, NAMES)]
+    assert drawn == [r["input"] for r in review.select(reversed_ranking, config, NAMES)]
+    assert drawn == [r["input"] for r in review.select(pool[::-1], config, NAMES)]  # nor on the records' order
+    # over many seeds, the random batch shares with the uncertain one what chance gives: 20 * 20 / 200 = 2
+    uncertain = {r["input"] for r in review.select(pool, ReviewConfig(segmentation="s", output_dir="o", count=20),
+                                                   NAMES)}
+    shared = [len(uncertain & {r["input"] for r in review.select(
+        pool, ReviewConfig(segmentation="s", output_dir="o", count=20, strategy="random", seed=s), NAMES)})
+        for s in range(300)]
+    assert 1.7 < np.mean(shared) < 2.3
+
+
+def test_a_class_table_without_background_has_every_class_reviewed_and_stratified():
+    names = ["sky", "road", "pole"]  # CamVid-like: class 0 is a real class
+    records = [{"input": f"/in/{n}.png", "file_name": f"{n}.png", "review_priority": p,
+                "class_fraction": fractions} for n, p, fractions in
+               (("a", 0.9, {"road": 1.0}), ("b", 0.8, {"road": 1.0}), ("c", 0.1, {"sky": 0.9, "road": 0.1}))]
+    config = ReviewConfig(segmentation="s", output_dir="o", count=2, strategy="stratified")
+    # sky is a class here, seen in one image only: it picks first
+    assert [r["file_name"] for r in review.select(records, config, names)] == ["c.png", "a.png"]
+    # with a background first, the same fractions under that name are not a class to stratify by
+    renamed = [dict(r, class_fraction={("background" if k == "sky" else k): v for k, v in r["class_fraction"].items()})
+               for r in records]
+    assert [r["file_name"] for r in review.select(renamed, config, ["background", "road", "pole"])] == ["a.png", "b.png"]
+
+
 def color_model(model_dir):
     """A real exported Keras model whose classes follow the colour: road where red dominates,
     building where green does, water where blue does, background where none passes 128."""
