@@ -42,53 +42,16 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from bench.camvid_data import build_datasets, camvid_dir  # noqa: E402
+from pipelines import labeling_loop  # noqa: E402
 
 LOG = logging.getLogger("bench.camvid_loop")
 ARMS = ("uncertain", "stratified", "random")
 
 
-def dataset_frames(data: str, split: str = "train") -> list:
-    """The image file names of a dataset's records (a folder or a glob of shards), read back."""
-    import tensorflow as tf
-
-    from segmodel import dataset, features
-    names = []
-    for path in dataset.list_shards(data, split):
-        for raw in tf.data.TFRecordDataset([path]):
-            record = tf.io.parse_single_example(raw, features.feature_spec())
-            names.append(record[features.IMAGE_FILENAME].numpy().decode())
-    return sorted(names)
-
-
-def truth_masks(folder: str, split: str = "train") -> dict:
-    """{file name: true class mask} of a dataset folder (as the trainer reads them)."""
-    import io
-
-    import tensorflow as tf
-    from PIL import Image
-
-    from segmodel import dataset, features
-    masks = {}
-    for path in dataset.list_shards(folder, split):
-        for raw in tf.data.TFRecordDataset([path]):
-            record = tf.io.parse_single_example(raw, features.feature_spec())
-            name = record[features.IMAGE_FILENAME].numpy().decode()
-            masks[name] = np.asarray(Image.open(io.BytesIO(record[features.MASK_ENCODED].numpy())))
-    return masks
-
-
 def label_studio_export(frames: list, images_dir: str, truths: dict, class_names) -> list:
-    """Label Studio's JSON export after people labelled ``frames``: one annotation per task, a brush
-    region per class of the true mask (void pixels unpainted)."""
-    from segformat.label_studio import brush_results
-    items = []
-    for k, name in enumerate(frames):
-        path = os.path.join(images_dir, name)
-        items.append({"id": k + 1, "data": {"image": "/data/local-files/?d=" + path.lstrip("/")},
-                      "annotations": [{"id": k + 1, "was_cancelled": False,
-                                       "result": brush_results(truths[name], class_names),
-                                       "updated_at": "2026-12-01T00:00:00Z"}]})
-    return items
+    """Label Studio's JSON export after people labelled ``frames`` (their true masks as brush
+    regions; void pixels unpainted)."""
+    return labeling_loop.label_studio_export([os.path.join(images_dir, n) for n in frames], truths, class_names)
 
 
 def label(frames: list, folder: str, images_dir: str, truths: dict, classes_json: str, class_names) -> str:
@@ -177,7 +140,7 @@ def run_arm(args, config, seed: int, arm: str, base: dict, data: dict, truths: d
         train_glob = merge_datasets(folders, os.path.join(work, "train"))
         model = train_round(config, train_glob, os.path.join(work, "model"), model, args.base_epochs + r)
         result = {"round": r, "labelled": len(labelled), "chosen": chosen,
-                  "trained_on": dataset_frames(train_glob),
+                  "trained_on": labeling_loop.record_file_names(train_glob),
                   "test": score(model, data["test"], names, expected_test)}
         with open(os.path.join(work, "round.json"), "w") as handle:
             json.dump(result, handle, indent=2)
@@ -199,7 +162,7 @@ def run_seed(args, config, seed: int, data: dict, truths: dict, names: list, exp
                         os.path.join(data["train"], "classes.json"), names)
         train_glob = merge_datasets([dataset], os.path.join(base_dir, "train"))
         model = train_round(config, train_glob, os.path.join(base_dir, "model"), None, args.base_epochs)
-        result = {"frames": initial, "trained_on": dataset_frames(train_glob),
+        result = {"frames": initial, "trained_on": labeling_loop.record_file_names(train_glob),
                   "dataset": dataset, "model": model, "test": score(model, data["test"], names, expected_test)}
         shutil.rmtree(os.path.join(base_dir, "train"))
         with open(os.path.join(base_dir, "base.json"), "w") as handle:
@@ -288,7 +251,7 @@ def main(argv=None):
                                 max_steps=0))
     with open(os.path.join(data["train"], "classes.json")) as handle:
         names = [c["name"] for c in sorted(json.load(handle)["classes"], key=lambda c: c["index"])]
-    truths = truth_masks(data["train"])
+    truths = labeling_loop.truth_masks(data["train"])
     seeds = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         seeds[seed] = run_seed(args, config, seed, data, truths, names, counts["test"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import json
+import posixpath
 import math
 import typing
 import zlib
@@ -240,6 +241,18 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(staging, "*")])[0].metadata_list]
     if leftovers:
         FileSystems.delete(leftovers)
+    remove_writer_temporaries(output_dir)
+
+
+def remove_writer_temporaries(output_dir: str) -> None:
+    """Removes what a killed run's Beam writers left in OUT: their ``beam-temp-*`` folders (a
+    finished WriteToText removes its own; a killed one cannot): the files, then the (local) folders."""
+    files = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "beam-temp-*/*")])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+    for folder in sorted({posixpath.dirname(path) for path in files}):
+        if FileSystems.exists(folder):  # a folder on a local disk; on an object store there is none
+            FileSystems.delete([folder])
 
 
 def commit_dataset(_, shards, side_files, output_dir: str, description: dict) -> None:
@@ -267,6 +280,9 @@ def commit_dataset(_, shards, side_files, output_dir: str, description: dict) ->
         entry["shards"].append({k: shard[k] for k in ("file", "examples", "bytes", "crc32c")})
     write_json(manifest_path, dict(description, format=MANIFEST_FORMAT, splits=splits))
     FileSystems.delete([marker])
+    staging = FileSystems.join(output_dir, STAGING)
+    if FileSystems.exists(staging) and not FileSystems.match([FileSystems.join(staging, "*")])[0].metadata_list:
+        FileSystems.delete([staging])  # the folder holds the dataset and nothing else
 
 
 def _write_side_file(output_dir: str, name: str, doc) -> str:

@@ -35,6 +35,20 @@ def truth_masks(dataset_dir: str) -> dict:
     return masks
 
 
+def record_file_names(data: str, split: str = "train") -> list:
+    """The image file names of a dataset's records (a folder or a glob of shards), read back from
+    the shards: what a training run on ``data`` really sees."""
+    import tensorflow as tf
+
+    from segmodel import dataset, features
+    names = []
+    for path in dataset.list_shards(data, split):
+        for raw in tf.data.TFRecordDataset([path]):
+            record = tf.io.parse_single_example(raw, features.feature_spec())
+            names.append(record[features.IMAGE_FILENAME].numpy().decode())
+    return sorted(names)
+
+
 def label_studio_export(chosen: list, truths: dict, class_names) -> list:
     """The JSON export Label Studio gives after people corrected the chosen images: one
     annotation per task, brush regions of the true mask (segformat.label_studio's encoding)."""
@@ -91,7 +105,8 @@ def run_loop(out: str, model_dir: str, dataset_dir: str, holdout_annotations: st
     def score(model):
         loaded, classes = evaluate.load_model(model)
         return evaluate.evaluate(loaded, test, classes, "train")["mean_iou"]
-    result = {"pool": pool_size, "labeled": count, "epochs": epochs, "base": score(model_dir)}
+    result = {"pool": pool_size, "labeled": count, "epochs": epochs, "base": score(model_dir),
+              "base_frames": record_file_names(dataset_dir), "chosen": {}, "trained_on": {}}
     for arm in ("uncertain", "random"):
         review.main(["--segmentation", f"{loop}/pool_segmentation", "--output_dir", f"{loop}/{arm}/batch",
                      "--count", str(count), "--strategy", arm, "--seed", str(seed)])
@@ -103,7 +118,10 @@ def run_loop(out: str, model_dir: str, dataset_dir: str, holdout_annotations: st
                                      "--classes", f"{model_dir}/classes.json", "--output_dir",
                                      f"{loop}/{arm}/corrected", "--overwrite"])
         result[arm] = score(fine_tune(loop, arm, model_dir, dataset_dir, f"{loop}/{arm}/corrected", epochs))
+        result["chosen"][arm] = sorted(os.path.basename(path) for path in chosen)
     result["no_new_labels"] = score(fine_tune(loop, "no_new_labels", model_dir, dataset_dir, "", epochs))
+    for arm in ("uncertain", "random", "no_new_labels"):  # what each arm's fine-tuning read
+        result["trained_on"][arm] = record_file_names(f"{loop}/{arm}/train/*.tfrecord")
     with open(f"{loop}/test/stats.json") as handle:
         result["test_images"] = json.load(handle)["images_written"]
     with open(f"{loop}/loop.json", "w") as handle:

@@ -401,6 +401,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         chips = [m.path for m in FileSystems.match([f"{config.output_dir}/{STAGING}/chips/**"])[0].metadata_list]
         if chips:
             FileSystems.delete(chips)
+        staging = f"{config.output_dir}/{STAGING}"
+        if FileSystems.exists(staging) and not FileSystems.match([f"{staging}/**"])[0].metadata_list:
+            FileSystems.delete([staging])  # the (local) folder the chips were in
 
 
 if __name__ == "__main__":

@@ -132,6 +132,13 @@ def test_quick_demo_runs_every_stage(quick_demo):
     assert loop == result["loop"] and loop["labeled"] == 2 and loop["test_images"] == 3
     assert all(0 <= loop[arm] <= 1 for arm in ("base", "uncertain", "random", "no_new_labels"))
     assert len(json.loads((out / "loop/uncertain/export.json").read_text())) == 2
+    # each arm fine-tuned on the base scenes plus exactly the scenes it had labelled (read back
+    # from the shards its training read); the control arm on the base scenes only
+    for arm in ("uncertain", "random"):
+        chosen = loop["chosen"][arm]
+        assert len(chosen) == 2 and not set(chosen) & set(loop["base_frames"])
+        assert loop["trained_on"][arm] == sorted(loop["base_frames"] + chosen), arm
+    assert loop["trained_on"]["no_new_labels"] == loop["base_frames"]
     assert "Labeling loop" in (out / "report/index.html").read_text()
     # The mean IoU recomputed here with NumPy from the exported model's predictions on the
     # validation records (the FCN paper's definition: classes absent from truth and prediction
@@ -165,7 +172,6 @@ def find_chromium():
     return paths if all(paths) else None
 
 
-@pytest.mark.slow
 def chromium(tmp_path):
     """A headless Chromium driven by selenium (skipped, or failed in CI, when it is not installed)."""
     paths = find_chromium()
@@ -186,6 +192,7 @@ def chromium(tmp_path):
     return webdriver.Chrome(service=Service(paths[1]), options=options)
 
 
+@pytest.mark.slow
 def test_report_loads_in_headless_chromium_without_errors(quick_demo, tmp_path):
     out, result = quick_demo
     driver = chromium(tmp_path)

@@ -67,6 +67,9 @@ def test_killed_anywhere_the_rerun_gives_the_same_dataset(tmp_path):
         subprocess.run(command, check=True, capture_output=True, cwd=ROOT, env=env)
         assert dataset_state(out) == reference, name
         assert not list((out / ".staging").glob("*")) and not list(out.glob("*.tmp-*"))
+        # the dataset and nothing else: no staging folder, no writer's temporary folder of the killed run
+        assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".tfrecord")) == [
+            "classes.json", "dataset.json", "errors.jsonl", "stats.json"], name
     print(f"killed while: {hit}")
     assert {"converting", "writing shards"} <= set(hit)
 

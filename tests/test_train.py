@@ -161,3 +161,15 @@ def test_history_rows_of_epochs_the_backup_lacks_are_dropped_on_resume(tmp_path)
     assert history.read_text() == "epoch,loss,val_mean_iou\n0,1.0,0.1\n1,0.8,0.2\n"
     train.trim_history(str(history), str(tmp_path / "backup"))  # nothing more to drop
     assert [r["epoch"] for r in csv.DictReader(history.open())] == ["0", "1"]
+
+
+def test_segpipe_train_exports_the_layout_its_flag_names(demo_dataset, tmp_path):
+    """--export_layout nchw through the training command: the exported model takes torchvision's
+    [N, 3, H, W] input (0..1, ImageNet mean and std) and returns {"out": [N, C, H, W]}."""
+    train.main(["--progress", "0", "--train_data", str(demo_dataset / "train-*.tfrecord"), "--model_dir",
+                str(tmp_path), "--config", "tiny", "--epochs", "1", "--steps_per_epoch", "1", "--image_size", "64",
+                "--export_layout", "nchw"])
+    assert json.loads((tmp_path / "train_config.json").read_text())["export_layout"] == "nchw"
+    model = keras.models.load_model(tmp_path / "model.keras")
+    scores = model(np.zeros((2, 3, 40, 56), np.float32))
+    assert set(scores) == {"out"} and tuple(scores["out"].shape) == (2, 4, 40, 56)
