@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -105,6 +106,7 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(ROOT, "bench_output"))
     parser.add_argument("--skip_model_garden", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of every converter, in alternating order")
     args = parser.parse_args(argv)
     n = args.num_images
     data = os.path.join(args.output, f"coco_{n}")
@@ -122,37 +124,52 @@ def main(argv=None):
         return path
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    out = fresh("simple")
-    results["a_simple_loop_s"] = timed([sys.executable, os.path.join(ROOT, "bench/simple_coco_loop.py"), annotations,
-                                        images, os.path.join(out, "simple")], env)
-    check("(a)", count_records(os.path.join(out, "simple-*.tfrecord")), n)
-    out = fresh("simple2")
-    results["d_simple_loop_2_processes_s"] = timed(
-        [sys.executable, os.path.join(ROOT, "bench/simple_coco_loop.py"), annotations, images,
-         os.path.join(out, "simple"), "--processes", "2"], env)
-    check("(d)", count_records(os.path.join(out, "simple-*.tfrecord")), n)
+    simple = os.path.join(ROOT, "bench/simple_coco_loop.py")
+
+    def run_simple(processes):
+        def run(out):
+            seconds = timed([sys.executable, simple, annotations, images, os.path.join(out, "simple"),
+                             *(["--processes", str(processes)] if processes > 1 else [])], env)
+            check("(a)" if processes == 1 else "(d)", count_records(os.path.join(out, "simple-*.tfrecord")), n)
+            return seconds
+        return run
+
+    def run_model_garden(out, python=None):
+        seconds = timed([python, "-m", "official.vision.data.create_coco_tf_record", "--logtostderr",
+                         f"--image_dir={images}", f"--object_annotations_file={annotations}",
+                         f"--output_file_prefix={out}/train", "--num_shards=8", "--include_masks=True",
+                         "--num_processes=2"], env)
+        check("(b)", count_records(os.path.join(out, "train-*")), n)
+        return seconds
+
+    def run_pipeline(out):
+        seconds = timed([sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations,
+                         "--images", images, "--output_dir", out, "--direct_num_workers", "2",
+                         "--direct_running_mode", "multi_processing"], dict(env, PYTHONPATH=ROOT))
+        with open(os.path.join(out, "dataset.json")) as handle:
+            check("(c)", json.load(handle)["splits"]["train"]["examples"], n)
+        with open(os.path.join(out, "errors.jsonl")) as handle:
+            if handle.read().strip():
+                raise SystemExit("(c) rejected images of the generated set: see its errors.jsonl")
+        return seconds
+
+    converters = {"a_simple_loop_s": run_simple(1), "d_simple_loop_2_processes_s": run_simple(2),
+                  "c_pipeline_s": run_pipeline}
     if not args.skip_model_garden:
         python = model_garden_python(args.output)
-        if python:
-            out = fresh("model_garden")
-            results["b_model_garden_s"] = timed(
-                [python, "-m", "official.vision.data.create_coco_tf_record", "--logtostderr",
-                 f"--image_dir={images}", f"--object_annotations_file={annotations}",
-                 f"--output_file_prefix={out}/train", "--num_shards=8", "--include_masks=True",
-                 "--num_processes=2"], env)
-            check("(b)", count_records(os.path.join(out, "train-*")), n)
-        else:
+        if not python:
             raise SystemExit("Model Garden's converter could not be installed: (b) cannot be measured "
                              "(--skip_model_garden to leave it out)")
-    out = fresh("pipeline")
-    results["c_pipeline_s"] = timed([sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations,
-                                     "--images", images, "--output_dir", out, "--direct_num_workers", "2",
-                                     "--direct_running_mode", "multi_processing"], dict(env, PYTHONPATH=ROOT))
-    with open(os.path.join(out, "dataset.json")) as handle:
-        check("(c)", json.load(handle)["splits"]["train"]["examples"], n)
-    with open(os.path.join(out, "errors.jsonl")) as handle:
-        if handle.read().strip():
-            raise SystemExit("(c) rejected images of the generated set: see its errors.jsonl")
+        converters["b_model_garden_s"] = lambda out: run_model_garden(out, python)
+    # Each round runs every converter once, in an order that alternates (forwards, then backwards),
+    # so neither the page cache nor the machine's drift favours whichever runs last; the figure
+    # is each converter's median over the rounds.
+    order, times = sorted(converters), {name: [] for name in converters}
+    for round_ in range(args.repeats):
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            times[name].append(converters[name](fresh(name)))
+    results.update({name: float(statistics.median(values)) for name, values in times.items()})
+    results["rounds"] = {name: values for name, values in times.items()}
     lines = ["| converter | seconds | images/s |", "|---|---|---|"]
     for key, label in (("a_simple_loop_s", "(a) simple single-process loop"),
                        ("b_model_garden_s", "(b) TF Model Garden create_coco_tf_record, 2 processes"),

@@ -48,7 +48,7 @@ def write_scene(folder: str, size: int, block: int = 1024) -> None:
                 labels.write(np.digitize(field, [-0.5, 0.0, 0.5]).astype(np.uint8)[None], window=window)
 
 
-def run_job(folder: str, chip: int) -> dict:
+def run_job(folder: str, chip: int, size: int) -> dict:
     colors = f"{folder}/colors.json"
     with open(colors, "w") as handle:
         json.dump({"classes": ["a", "b", "c", "d"], "colors": [{"color": [k], "index": k} for k in range(4)]}, handle)
@@ -65,8 +65,16 @@ def run_job(folder: str, chip: int) -> dict:
         raise SystemExit(out.stderr[-3000:])
     line = next(line for line in out.stdout.splitlines() if line.startswith("USAGE"))
     cpu, rss_kb = float(line.split()[1]), int(line.split()[2])
-    with open(f"{folder}/out/stats.json") as handle:
-        chips = json.load(handle)["images_written"]
+    with open(f"{folder}/out/dataset.json") as handle:
+        splits = json.load(handle)["splits"]
+    chips = sum(split["examples"] for split in splits.values())
+    # the count the scene's size dictates (a grid of chip x chip windows at stride chip, every one
+    # of them labelled and without nodata), not the job's own count
+    expected = (size // chip) ** 2
+    with open(f"{folder}/out/errors.jsonl") as handle:
+        errors = [line for line in handle if line.strip()]
+    if chips != expected or errors:
+        raise SystemExit(f"{size}x{size}: {chips} chips written, {expected} expected; {len(errors)} error records")
     return {"chips": chips, "cpu_s": cpu, "wall_s": time.time() - started, "peak_rss_mb": rss_kb / 1024}
 
 
@@ -80,7 +88,7 @@ def main(argv=None):
         for size in (int(s) for s in args.sizes.split(",")):
             folder = f"{root}/{size}"
             write_scene(folder, size)
-            result = run_job(folder, args.chip)
+            result = run_job(folder, args.chip, size)
             results[size] = result
             print(f"{size}x{size}: {result['chips']} chips of {args.chip} in {result['cpu_s']:.1f} CPU s "
                   f"({result['chips'] / result['cpu_s']:.1f} chips per core-second, wall {result['wall_s']:.0f} s); "

@@ -23,13 +23,16 @@ def dataset_state(out: Path) -> dict:
 
 def assert_whole_or_absent(out: Path):
     """Either no manifest (a reader of the folder stops with a clear error) or a manifest whose
-    shards are exactly the shards in the folder, each of the size it lists."""
+    shards are exactly the shards in the folder, each of the size and CRC-32C it lists (checked
+    with google-crc32c, not the job's own checksum code)."""
+    import google_crc32c
     manifest = out / "dataset.json"
     if not manifest.exists():
         return
-    listed = {s["file"]: s["bytes"] for split in json.loads(manifest.read_text())["splits"].values()
+    listed = {s["file"]: (s["bytes"], s["crc32c"]) for split in json.loads(manifest.read_text())["splits"].values()
               for s in split["shards"]}
-    present = {p.name: p.stat().st_size for p in out.iterdir() if ".tfrecord" in p.name}
+    present = {p.name: (p.stat().st_size, f"{google_crc32c.value(p.read_bytes()):08x}")
+               for p in out.iterdir() if ".tfrecord" in p.name}
     assert present == listed
 
 
@@ -44,18 +47,29 @@ POINTS = {
 
 
 def test_killed_anywhere_the_rerun_gives_the_same_dataset(tmp_path):
+    """The folder holds an older dataset (A: 3 shards per split) when a run making another (B: 2
+    shards, --overwrite) is killed: at that moment a reader finds A whole, B whole or no manifest
+    (a commit that kept A's manifest over B's shards would show), and the re-run gives B byte for
+    byte as a run into a second folder made it."""
+    import shutil
     annotations = demo_data.write_coco_dataset(str(tmp_path / "coco"), 1200, size=(192, 256), seed=9)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations, "--images",
-               str(tmp_path / "coco/images"), "--output_dir", str(out), "--val_fraction", "0.2", "--num_shards", "3",
-               "--overwrite"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    subprocess.run(command, check=True, capture_output=True, cwd=ROOT, env=env)
-    reference = dataset_state(out)
-    assert "dataset.json" in reference and len(reference) == 7  # 3 train + 3 val shards and the manifest
+
+    def command(out, shards):
+        return [sys.executable, "-m", "pipelines.coco_to_tfrecord", "--annotations", annotations, "--images",
+                str(tmp_path / "coco/images"), "--output_dir", str(out), "--val_fraction", "0.2", "--num_shards",
+                str(shards), "--overwrite"]
+    subprocess.run(command(tmp_path / "a", 3), check=True, capture_output=True, cwd=ROOT, env=env)
+    subprocess.run(command(tmp_path / "b", 2), check=True, capture_output=True, cwd=ROOT, env=env)
+    older, reference = dataset_state(tmp_path / "a"), dataset_state(tmp_path / "b")
+    assert len(older) == 7 and len(reference) == 5  # 3 + 3 (2 + 2) shards and the manifest
+    out = tmp_path / "out"
     hit = []
     for name, point in POINTS.items():
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(tmp_path / "a", out)
+        process = subprocess.Popen(command(out, 2), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         started = time.monotonic()
         while process.poll() is None and not point(out, time.monotonic() - started):
             time.sleep(0.001)
@@ -64,7 +78,8 @@ def test_killed_anywhere_the_rerun_gives_the_same_dataset(tmp_path):
             hit.append(name)
         process.wait()
         assert_whole_or_absent(out)
-        subprocess.run(command, check=True, capture_output=True, cwd=ROOT, env=env)
+        assert dataset_state(out) in (older, reference) or not (out / "dataset.json").exists(), name
+        subprocess.run(command(out, 2), check=True, capture_output=True, cwd=ROOT, env=env)
         assert dataset_state(out) == reference, name
         assert not list((out / ".staging").glob("*")) and not list(out.glob("*.tmp-*"))
         # the dataset and nothing else: no staging folder, no writer's temporary folder of the killed run
