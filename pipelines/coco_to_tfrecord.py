@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
 from pipelines.dataset_writer import (DEFAULT_SHARD_BYTES, ConvertFilesFn, RecordRef, WriteSegmentationDataset,
-                                      pixel_stats, prepare_output_dir, reject_image)
+                                      pixel_stats, prepare_output_dir, refuse_output_among_inputs, reject_image)
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
 from pipelines.storage import READ_AHEAD
 from segcli.coco import CocoConfig, make_parser
@@ -261,8 +261,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
     if not FileSystems.exists(known.annotations):
         raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
-    if image_checks.same_folder(known.output_dir, known.images):
-        raise SystemExit("coco_to_tfrecord: --output_dir is the --images folder; write the dataset elsewhere")
+    refuse_output_among_inputs("coco_to_tfrecord", known.output_dir, (f"{known.images.rstrip('/')}/*",),
+                               known.split)
     try:
         config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
                             val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)

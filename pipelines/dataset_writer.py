@@ -223,6 +223,23 @@ def dataset_files(output_dir: str) -> list:
     return sorted(found)
 
 
+def dataset_file_names(split: str = "train") -> tuple:
+    """Names a dataset job writes in OUT: a shard of ``split`` and of val, and the side files."""
+    return (f"{split}-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord", "errors.jsonl", "stats.json",
+            "classes.json", MANIFEST)
+
+
+def refuse_output_among_inputs(job: str, output_dir: str, patterns, split: str = "train") -> None:
+    """Stops a dataset job whose output files would match one of its input globs (a re-run would
+    read its own outputs as inputs); one rule for every dataset job. A job that reads files by
+    name from a folder passes ``FOLDER/*``: the output folder must not be that folder."""
+    from pipelines import images as image_checks
+    for pattern in patterns:
+        if image_checks.output_inside_input(output_dir, pattern, dataset_file_names(split)):
+            raise SystemExit(f"{job}: --output_dir {output_dir} lies where {pattern} matches; "
+                             "choose an output folder outside the inputs")
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuses a folder that already holds a dataset unless ``overwrite`` (the new dataset then
     replaces it as a whole when it is complete); clears a killed run's staging folder."""

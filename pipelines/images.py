@@ -174,31 +174,6 @@ def glob_root(pattern: str) -> str:
     return pattern[: pattern.rfind("/", 0, cut) + 1] if "/" in pattern[:cut] else ""
 
 
-def glob_regex(pattern: str):
-    """A glob as Beam's filesystems read it: ``*`` and ``?`` stay within a folder, ``**`` crosses
-    folders, ``[...]`` is a character class."""
-    import re
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
-            end = pattern.index("]", i + 1)
-            out.append(pattern[i:end + 1])
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
 SEGMENT_OUTPUTS = tuple(f"{folder}/x{ext}" for folder in ("masks", "overlays", "masks/a/b")
                         for ext in (".png", ".tif", ".jpg", ".json"))
 
@@ -207,7 +182,8 @@ def output_inside_input(output_dir: str, pattern: str, outputs=SEGMENT_OUTPUTS) 
     """Whether files a job writes under ``output_dir`` (``outputs``, relative names; by default
     batch segmentation's masks and overlays) could match the input glob: a re-run would read its
     own outputs as inputs."""
-    matcher = glob_regex(pattern)
+    from apache_beam.io.filesystem import FileSystem
+    matcher = re.compile(FileSystem.translate_pattern(pattern))  # the rule Beam's match applies
     base = output_dir.rstrip("/")
     return any(matcher.match(f"{base}/{name}") for name in outputs)
 

@@ -32,10 +32,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images as image_checks
 from pipelines.dataset_writer import (ConvertFilesFn, RecordRef, WriteSegmentationDataset, pixel_stats,
-                                      prepare_output_dir, reject_image)
+                                      prepare_output_dir, refuse_output_among_inputs, reject_image)
 from pipelines.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
 from pipelines.storage import READ_AHEAD
 from segcli.masks import make_parser
+from segcli.splits import split_problems
 from segformat.masks import IGNORE_INDEX, MAX_CLASSES, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -260,11 +261,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     color_map = load_color_map(known.mask_colors)
     for regex in (known.image_key_regex, known.mask_key_regex):
         re.compile(regex)
-    written = ("train-00000-of-00001.tfrecord", "errors.jsonl", "stats.json", "classes.json", "dataset.json")
-    for pattern in (known.images, known.masks):
-        if image_checks.output_inside_input(known.output_dir, pattern, written):
-            raise SystemExit(f"masks_to_tfrecord: --output_dir {known.output_dir} lies where {pattern} matches; "
-                             "choose an output folder outside the inputs")
+    problems = split_problems(known.split, 0.0)
+    if problems:
+        raise SystemExit(f"segpipe dataset masks: {'; '.join(problems)}")
+    refuse_output_among_inputs("masks_to_tfrecord", known.output_dir, (known.images, known.masks), known.split)
     prepare_output_dir(known.output_dir, known.overwrite)
     description = {"command": "segpipe dataset masks", "options": vars(known)}
     started = time.time()

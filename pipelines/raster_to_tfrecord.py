@@ -48,11 +48,12 @@ from pipelines import images as image_checks
 from pipelines import rasters
 from pipelines.coco_to_tfrecord import split_for
 from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
-                                      reject_image)
+                                      refuse_output_among_inputs, reject_image)
 from pipelines.masks_to_tfrecord import ColorMap, load_color_map, pair_key
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
 from pipelines.storage import write_atomic, write_json  # (no segmodel: dataset workers load no TensorFlow)
 from segcli.raster import RasterConfig, make_parser
+from segformat import records
 from segformat.masks import IGNORE_INDEX, class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -327,9 +328,9 @@ class ChipFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, stats)
         feature = chip_feature(info, chip_id, row, col, h, w, split)
         yield beam.pvalue.TaggedOutput(INDEX, feature)
-        geo = (("image/geo/scene", info.source), ("image/geo/crs", info.crs or ""),
-               ("image/geo/window", f"{row},{col},{h},{w}"),
-               ("image/geo/transform", ",".join(repr(v) for v in feature["properties"]["transform"])))
+        geo = ((records.GEO_SCENE, info.source), (records.GEO_CRS, info.crs or ""),
+               (records.GEO_WINDOW, f"{row},{col},{h},{w}"),
+               (records.GEO_TRANSFORM, ",".join(repr(v) for v in feature["properties"]["transform"])))
         yield split, chip_id, RecordRef.of(path, data, "png", h, w, f"{chip_id}.png", chip_id,
                                            image_checks.encode_mask_png(mask), geo)
 
@@ -390,6 +391,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     except ValueError as e:
         raise SystemExit(f"segpipe dataset raster: {e}") from None
     color_map = load_color_map(config.mask_colors)
+    refuse_output_among_inputs("raster_to_tfrecord", config.output_dir,
+                               [p for p in (config.scenes, config.labels) if p], config.split)
     prepare_output_dir(config.output_dir, config.overwrite)
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 
 from segcli.limits import DEFAULT_MAX_PIXELS
+from segcli.splits import split_problems
 from segformat.masks import CROWD_MODES, OVERLAP_MODES
 
 DESCRIPTION = "COCO instance annotations + images -> sharded segmentation TFRecords."
@@ -30,10 +31,7 @@ class CocoConfig:
             problems.append(f"crowd must be one of {CROWD_MODES}, got {self.crowd!r}")
         if self.overlap not in OVERLAP_MODES:
             problems.append(f"overlap must be one of {OVERLAP_MODES}, got {self.overlap!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not self.split or "/" in self.split or (self.split == "val" and self.val_fraction > 0):
-            problems.append(f"split {self.split!r} must be a plain name other than 'val' when val_fraction > 0")
+        problems += split_problems(self.split, self.val_fraction)
         if self.max_image_pixels < 1:
             problems.append(f"max_image_pixels must be positive, got {self.max_image_pixels}")
         if problems:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from segcli.splits import split_problems
+
 DESCRIPTION = "GeoTIFF scenes + label rasters -> chips -> sharded segmentation TFRecords."
 
 
@@ -47,8 +49,7 @@ class RasterConfig:
             problems.append(f"max_nodata must be in [0, 1], got {self.max_nodata}")
         if not 0.0 <= self.min_labelled <= 1.0:
             problems.append(f"min_labelled must be in [0, 1], got {self.min_labelled}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        problems += split_problems(self.split, self.val_fraction)
         if problems:
             raise ValueError("; ".join(problems))
 

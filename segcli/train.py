@@ -12,6 +12,7 @@ SCHEDULES = ("poly", "cosine", "constant")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LAYOUTS = ("nhwc", "nchw")
 SKIP_SCALINGS = ("paper", "none")
+NORMALIZATIONS = ("", "imagenet", "caffe")  # '': what the backbone weights expect (segmodel.preprocess)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -50,8 +51,11 @@ class TrainConfig:
         problems = [f"{name} must be one of {choices}, got {getattr(self, name)!r}"
                     for name, choices in (("arch", ARCHS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                                           ("mixed_precision", PRECISIONS), ("export_layout", LAYOUTS),
-                                          ("skip_scaling", SKIP_SCALINGS))
+                                          ("skip_scaling", SKIP_SCALINGS), ("normalization", NORMALIZATIONS))
                     if getattr(self, name) not in choices]
+        if self.normalization and self.backbone_weights not in ("", "none") and self.normalization != "caffe":
+            problems.append(f"normalization {self.normalization!r} contradicts the backbone weights "
+                            f"{self.backbone_weights!r}: VGG16's ImageNet weights expect 'caffe'")
         if self.image_size < 32:
             problems.append(f"image_size must be at least 32 (the FCN's stride), got {self.image_size}")
         for name in ("batch_size", "epochs", "fc_units"):

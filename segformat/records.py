@@ -19,6 +19,11 @@ IMAGE_FILENAME = "image/filename"
 IMAGE_SOURCE_ID = "image/source_id"
 MASK_ENCODED = "image/segmentation/class/encoded"
 MASK_FORMAT = "image/segmentation/class/format"
+# where a chip of a GeoTIFF scene came from (segpipe dataset raster; docs/datasets.md)
+GEO_SCENE = "image/geo/scene"
+GEO_CRS = "image/geo/crs"
+GEO_WINDOW = "image/geo/window"
+GEO_TRANSFORM = "image/geo/transform"
 
 
 def _varint(value: int) -> bytes:

@@ -46,17 +46,22 @@ def _fuse_skip(score, pool, scale: float, name: str):
 
 def build_fcn(arch: str = "fcn8s", num_classes: int = 21, *, width: float = 1.0, fc_units: int = 4096,
               fc6_kernel: int = 7, dropout: float = 0.5, batch_norm: bool = False, skip_scales=(0.01, 0.0001),
-              normalization: str = "imagenet",
+              normalization: str | None = None,
               backbone_weights: str = "none", name: str | None = None) -> keras.Model:
     """The FCN. ``width`` scales every VGG16 conv layer (1.0 is the paper's net; the tiny CPU
     configuration uses 1/8); ``fc_units`` is fc6/fc7's width (4096 in the paper).
     ``backbone_weights``: ``none``, ``imagenet`` (Keras's VGG16 weights, downloaded once into
-    ~/.keras/models) or the path to a Keras VGG16 weights file; when weights are loaded the model
-    normalises inputs the way they expect (``caffe``)."""
+    ~/.keras/models) or the path to a Keras VGG16 weights file. ``normalization`` (None: what the
+    weights expect, ``segmodel.preprocess.normalization_for``) must agree with loaded weights: VGG16's
+    ImageNet weights were trained on ``caffe`` inputs, and any other normalisation is refused."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if backbone_weights not in (None, "", "none"):
-        normalization = normalization_for(backbone_weights)
+    expected = normalization_for(backbone_weights)
+    if normalization is None:
+        normalization = expected
+    elif backbone_weights not in (None, "", "none") and normalization != expected:
+        raise ValueError(f"normalization {normalization!r} contradicts the backbone weights {backbone_weights!r}, "
+                         f"which expect {expected!r}")
     images = keras.Input(shape=(None, None, 3), name="images")
     x = Normalize(normalization, name="normalize")(images)
     x = PadToMultiple(STRIDE, name="pad_to_stride")(x)

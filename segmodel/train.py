@@ -183,7 +183,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
                               dropout=config.dropout, batch_norm=config.batch_norm,
                               skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0),
                               backbone_weights=config.backbone_weights,
-                              normalization=config.normalization or "imagenet")
+                              normalization=config.normalization or None)
         model.compile(optimizer=make_optimizer(config, total_steps), loss=MaskedCrossEntropy(class_weights=weights),
                       metrics=[ConfusionMatrixMetric(num_classes)])
 

@@ -361,6 +361,6 @@ def test_links_out_of_the_images_folder_and_an_output_in_it_are_refused(tmp_path
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
     assert [(e["reason"], "outside" in e["detail"]) for e in errors] == [("path_escapes_root", True)]
     assert json.loads((out / "dataset.json").read_text())["splits"]["train"]["examples"] == len(document["images"]) - 1
-    with pytest.raises(SystemExit, match="--output_dir is the --images folder"):
+    with pytest.raises(SystemExit, match="lies where .* matches"):
         coco_to_tfrecord.run(["--annotations", str(tmp_path / "a.json"), "--images", str(images),
                               "--output_dir", f"{images}/"])
