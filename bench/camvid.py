@@ -150,8 +150,9 @@ def machine() -> dict:
 def score(model_path: str, data_dir: str, names: list) -> dict:
     import keras
 
-    import segmodel.exported  # noqa: F401  (registers the custom layers)
     from segmodel.evaluate import evaluate
+    from segmodel.exported import register_custom_objects
+    register_custom_objects()
     model = keras.models.load_model(model_path, compile=False)
     result = evaluate(model, data_dir, names, split="test")
     if result["images"] != SPLITS["test"]:

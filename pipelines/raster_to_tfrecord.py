@@ -51,30 +51,20 @@ from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDatas
                                       refuse_output_among_inputs, reject_image)
 from pipelines.masks_to_tfrecord import ColorMap, load_color_map, pair_key
 from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
-from pipelines.storage import write_atomic, write_json  # (no segmodel: dataset workers load no TensorFlow)
+from pipelines.storage import write_atomic, write_json
 from segcli.raster import RasterConfig, make_parser
 from segformat import records
 from segformat.masks import IGNORE_INDEX, class_pixel_counts
+from segmodel.tiling import window_starts  # NumPy only: dataset workers load no TensorFlow
 
 LOG = logging.getLogger(__name__)
 INDEX = "index"
 
 
-def chip_starts(length: int, chip: int, stride: int) -> list:
-    """Chip offsets along one axis: every ``stride`` pixels, and (when the stride does not skip
-    pixels) one more flush with the edge so that the whole length is covered."""
-    if length <= chip:
-        return [0]
-    starts = list(range(0, length - chip + 1, stride))
-    if stride <= chip and starts[-1] != length - chip:
-        starts.append(length - chip)
-    return starts
-
-
 def chip_windows(height: int, width: int, chip: int, stride: int) -> list:
     """[(row, col, h, w)]: the chips of a scene (a scene smaller than a chip is one smaller chip)."""
     return [(r, c, min(chip, height - r), min(chip, width - c))
-            for r in chip_starts(height, chip, stride) for c in chip_starts(width, chip, stride)]
+            for r in window_starts(height, chip, stride) for c in window_starts(width, chip, stride)]
 
 
 def chip_transform(info, row: int, col: int):

@@ -4,6 +4,6 @@
   mask semantics: pycocotools rasterization, crowds, overlaps, class tables);
 * ``segformat.records``: the tf.train.Example keys of a segmentation record and its encoding.
 
-Kept apart from ``segmodel`` (whose import registers Keras layers and so loads TensorFlow) so
+Kept apart from ``segmodel`` (whose model, training and loading modules load TensorFlow) so
 the dataset pipelines' workers start in about a second instead of five and stay ~1 GB smaller.
 """

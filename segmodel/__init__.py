@@ -1,8 +1,7 @@
 """segmodel: FCN semantic segmentation in TensorFlow/Keras, with no Beam inside.
 
-Importing the package registers the custom layers, so ``keras.models.load_model`` reads an
-exported ``MODEL/model.keras`` once ``segmodel`` is imported.
+Importing the package costs nothing: each module loads what it needs (``segmodel.tiling`` is
+NumPy only, so the dataset jobs use it without TensorFlow). Keras's loader finds the custom
+layers, loss and metric once ``segmodel.exported.register_custom_objects()`` has run; loading
+through ``segmodel.exported.load_exported`` does that itself.
 """
-from segmodel import layers as _layers  # noqa: F401  (registers the custom layers)
-from segmodel import losses as _losses  # noqa: F401  (registers the loss and metrics)
-from segmodel import metrics as _metrics  # noqa: F401

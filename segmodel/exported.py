@@ -66,10 +66,16 @@ def load_exported(model: str, opener=None, layout: str = "nhwc"):
     return as_nhwc(loaded) if layout == "nhwc" else loaded
 
 
+def register_custom_objects() -> None:
+    """Registers the FCN's custom layers, loss and metric with Keras's loader (importing their
+    modules does): ``keras.models.load_model`` of a segpipe model needs it first."""
+    from segmodel import layers, losses, metrics  # noqa: F401
+
+
 def _load(model: str, opener=None):
     import keras
 
-    import segmodel  # noqa: F401  (registers the FCN's custom layers)
+    register_custom_objects()
     path, _ = model_files(model)
     if "://" not in path:
         return keras.models.load_model(path, compile=False)

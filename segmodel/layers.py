@@ -1,5 +1,5 @@
 """Custom layers and initializers of the FCN, registered with Keras on import so that
-``keras.models.load_model("MODEL/model.keras")`` works once ``segmodel`` is imported."""
+``keras.models.load_model("MODEL/model.keras")`` works once ``segmodel.exported.register_custom_objects()`` ran."""
 from __future__ import annotations
 
 import numpy as np

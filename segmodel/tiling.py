@@ -18,15 +18,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list:
-    if length <= tile:
+def window_starts(length: int, size: int, stride: int) -> list:
+    """Window offsets along one axis: every ``stride`` pixels, and (when the stride does not skip
+    pixels) one more flush with the edge so that the whole length is covered; one window at 0
+    when the length is at most ``size``. Tiles (below) and the raster job's chips both use it."""
+    if length <= size:
         return [0]
+    starts = list(range(0, length - size + 1, stride))
+    if stride <= size and starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list:
     stride = tile - overlap
-    if stride <= 0:
+    if stride <= 0 and length > tile:
         raise ValueError(f"tile_overlap {overlap} must be smaller than tile_size {tile}")
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return sorted(set(starts))
+    return window_starts(length, tile, stride)
 
 
 def tile_windows(height: int, width: int, tile: int, overlap: int) -> list:

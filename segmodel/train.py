@@ -139,11 +139,12 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     import keras
     import tensorflow as tf
 
-    import segmodel  # noqa: F401  (registers custom objects)
+    from segmodel.exported import register_custom_objects
     from segmodel import dataset, fcn
     from segmodel.losses import MaskedCrossEntropy, class_weights_from_stats
     from segmodel.metrics import ConfusionMatrixMetric
 
+    register_custom_objects()  # best.keras is loaded back at the end
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         # process-wide and permanent (TensorFlow has no switch back)

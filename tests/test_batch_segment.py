@@ -8,11 +8,13 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-import segmodel  # noqa: F401
+from segmodel.exported import register_custom_objects
 from pipelines import batch_segment, coco_to_tfrecord, palette
 from segmodel import fcn, layers, tiling
 from tests.helpers import (POINTWISE_NAMES as NAMES, dataflow_args, make_pointwise_model, read_records,
                            staged_pipeline_transforms, upload_tree)
+
+register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
 @pytest.fixture(scope="module")
 def pointwise_model(tmp_path_factory):

@@ -6,8 +6,10 @@ import pytest
 import keras
 import tensorflow as tf
 
-import segmodel  # noqa: F401
+from segmodel.exported import register_custom_objects
 from segmodel import fcn, layers, preprocess
+
+register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
 TINY = dict(width=0.125, fc_units=32)
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import demo_data
+from segmodel.exported import register_custom_objects
+
+register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
 pytestmark = pytest.mark.slow  # about a minute: a dozen runs of the job as a process
 ROOT = Path(__file__).resolve().parents[1]

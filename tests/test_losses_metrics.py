@@ -1,9 +1,11 @@
 """Loss and metrics against plain NumPy."""
 import numpy as np
 
-import segmodel  # noqa: F401
+from segmodel.exported import register_custom_objects
 from segmodel.losses import MaskedCrossEntropy
 from segmodel.metrics import ConfusionMatrixMetric, confusion_matrix, scores
+
+register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
 
 def random_case(seed, n=4, shape=(3, 17, 19)):

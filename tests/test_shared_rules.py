@@ -75,3 +75,11 @@ def test_build_fcn_refuses_a_normalisation_the_loaded_weights_do_not_expect(tmp_
     with pytest.raises(ValueError, match="contradicts the backbone weights"):
         fcn.build_fcn("fcn32s", 3, width=0.125, fc_units=16, normalization="imagenet",
                       backbone_weights=str(tmp_path / "vgg16.weights.h5"))
+
+
+def test_importing_segmodel_tiling_loads_neither_tensorflow_nor_keras():
+    import subprocess
+    import sys
+    code = "import sys, segmodel.tiling; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"

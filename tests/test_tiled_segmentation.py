@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import segmodel  # noqa: F401
+from segmodel.exported import register_custom_objects
 from pipelines import batch_segment, demo_data
 from segmodel import tiling
 from segmodel.exported import load_exported
 from segmodel.predict import TiledSegmenter
+
+register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
 pytestmark = pytest.mark.slow  # trains, or uses the trained model (1-2 minutes)
 

@@ -12,6 +12,9 @@ import pytest
 
 from segmodel import evaluate, train
 from segcli.train import PRESETS, TrainConfig
+from segmodel.exported import register_custom_objects
+
+register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
 pytestmark = pytest.mark.slow  # trains, or uses the trained model (1-2 minutes)
 
