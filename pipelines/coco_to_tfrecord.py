@@ -226,8 +226,9 @@ class CocoExampleFn(ConvertFilesFn):
                                                  image_checks.encode_mask_png(mask))
 
 
-def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output_dir: str,
-                   num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, description=None):
+def build_records(p, annotations: str, config: CocoConfig, classes_spec) -> dict:
+    """A COCO instances file -> {records, errors, stats, classes}: what WriteSegmentationDataset
+    writes (the Label Studio job adds its own errors and stats before writing)."""
     parsed = (p
               # One element per section: the three streaming passes over the file run on
               # different workers at once (the annotations pass is the long one).
@@ -246,7 +247,12 @@ def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output
     errors = (parsed[ERRORS], converted[ERRORS]) | "AllErrors" >> beam.Flatten()
     stats = (parsed[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()
     return {"records": converted.records, "errors": errors, "stats": stats,
-            "classes": tables | "ClassesJson" >> beam.Map(lambda t: t.to_json())} | WriteSegmentationDataset(
+            "classes": tables | "ClassesJson" >> beam.Map(lambda t: t.to_json())}
+
+
+def build_pipeline(p, annotations: str, config: CocoConfig, classes_spec, output_dir: str,
+                   num_shards: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, description=None):
+    return build_records(p, annotations, config, classes_spec) | WriteSegmentationDataset(
         output_dir, num_shards, shard_bytes, description)
 
 

@@ -109,6 +109,8 @@ def stats_document(counters: dict, class_names, extra=None) -> dict:
     }
     if group("chips_skipped"):  # segpipe dataset raster: chips left out by --max_nodata / --min_labelled
         doc["chips_skipped"] = group("chips_skipped")
+    if group("tasks_unused"):  # segpipe dataset labelstudio: tasks not used, by reason
+        doc["tasks_unused"] = group("tasks_unused")
     doc.update(extra or {})
     return doc
 

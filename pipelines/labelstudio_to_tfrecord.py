@@ -5,8 +5,10 @@
 
 The export (Label Studio's "JSON" export: tasks with their annotations) is turned into a COCO
 instances document (segformat.label_studio.export_to_coco: brush regions as RLE, polygons from
-percent to pixels, the latest non-cancelled annotation of each task) and converted by
-``pipelines.coco_to_tfrecord`` (overlaps, validation, shards, manifest and errors as there).
+percent to pixels, the latest non-cancelled annotation of each task), kept as
+``OUT/labelstudio_coco.json``, and converted by the COCO job's builder
+(``pipelines.coco_to_tfrecord.build_records``: overlaps, validation, shards, manifest and errors
+as there) in the same pipeline, so it runs on Dataflow and builds as a template like the others.
 A class table whose first class is not ``background`` (CamVid's starts with sky) has every
 class drawn as a label, and the pixels no region covers become 255 (void), not class 0.
 Tasks people skipped or never annotated (and tasks with unknown labels, malformed regions or a
@@ -18,16 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import sys
-import tempfile
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.dataset_writer import WriteSegmentationDataset, prepare_output_dir, refuse_output_among_inputs
+from pipelines.runner import error_record, make_pipeline, run_and_summarize
 from pipelines.storage import write_json
+from segcli.coco import CocoConfig
 from segcli.labelstudio import make_parser
 from segformat.label_studio import category_indices, export_to_coco
 
@@ -51,60 +56,67 @@ def image_file_name(url: str) -> str:
     return posixpath.basename(urllib.parse.unquote(path))
 
 
-def add_to_error_files(out: str, export: str, unused: list) -> None:
-    """The tasks not used join the dataset's errors.jsonl (one record each: source
-    EXPORT#task=ID, the reason, the detail) and stats.json (``tasks_unused`` by reason), so a
-    skipped task is counted where every other rejected input is."""
-    from pipelines.runner import error_record
-    from pipelines.storage import write_atomic
-    if not unused:
-        return
-    with FileSystems.open(f"{out}/errors.jsonl") as handle:
-        existing = handle.read().decode()
-    records = [error_record(f"{export}#task={task}", reason.split(":")[0], reason) for task, reason in unused]
-    write_atomic(f"{out}/errors.jsonl", (existing + "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                            for r in records)).encode(), "application/jsonl")
-    with FileSystems.open(f"{out}/stats.json") as handle:
-        stats = json.loads(handle.read())
+CONVERTED = "labelstudio_coco.json"  # OUT/: the export as the COCO document the dataset is made from
+
+
+def unused_task_records(export: str, unused: list) -> list:
+    """An error record for each task not used: source EXPORT#task=ID, the reason, its detail."""
+    return [error_record(f"{export}#task={task}", reason.split(":")[0], reason) for task, reason in unused]
+
+
+def classes_table(class_names) -> dict:
+    """The model's own class table in classes.json's form: its names, each category of the
+    converted document -> its index (255 for "unlabeled", in a table without a background)."""
+    indices = category_indices(class_names)
+    entries = [{"index": index, "name": class_names[index] if index < len(class_names) else "unlabeled",
+                "coco_id": category} for category, index in indices.items()]
+    if 0 not in indices.values():
+        entries.append({"index": 0, "name": class_names[0]})
+    return {"classes": entries}
+
+
+def build_pipeline(p, annotations: str, export: str, unused: list, config: CocoConfig, class_names,
+                   output_dir: str, num_shards: int = 0, description=None):
+    """The COCO job's records from the converted document, with the unused tasks among the
+    errors and stats, written as one dataset (nothing is added after its commit)."""
+    from pipelines import coco_to_tfrecord
+    built = coco_to_tfrecord.build_records(p, annotations, config, classes_table(class_names))
+    records = unused_task_records(export, unused)
     by_reason = {}
     for record in records:
-        by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
-    stats["tasks_unused"] = dict(sorted(by_reason.items()))
-    write_json(f"{out}/stats.json", stats)
+        by_reason[f"tasks_unused/{record['reason']}"] = by_reason.get(f"tasks_unused/{record['reason']}", 0) + 1
+    errors = (built["errors"], p | "UnusedTasks" >> beam.Create(records)) | "WithUnusedTasks" >> beam.Flatten()
+    stats = (built["stats"], p | "UnusedTaskCounts" >> beam.Create([by_reason])) | "WithUnusedCounts" >> beam.Flatten()
+    return (dict(built, errors=errors, stats=stats)
+            | WriteSegmentationDataset(output_dir, num_shards, description=description))
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
-    from pipelines import coco_to_tfrecord
     known, beam_args = make_parser().parse_known_args(argv)
     with FileSystems.open(known.export) as handle:
         items = json.loads(handle.read())
     if not isinstance(items, list):
         raise SystemExit(f"segpipe dataset labelstudio: {known.export} is not a Label Studio JSON export (a list of tasks)")
+    try:
+        config = CocoConfig(images_root=known.images, split=known.split, val_fraction=known.val_fraction)
+    except ValueError as e:
+        raise SystemExit(f"segpipe dataset labelstudio: {e}") from None
+    refuse_output_among_inputs("labelstudio_to_tfrecord", known.output_dir, (f"{known.images.rstrip('/')}/*",),
+                               known.split)
     class_names = read_class_names(known.classes)
     coco, unused = export_to_coco(items, class_names, image_file_name)
-    workdir = tempfile.mkdtemp(prefix="segpipe-labelstudio-")
-    annotations = os.path.join(workdir, "annotations.json")
-    with open(annotations, "w") as handle:
-        json.dump(coco, handle)
-    classes = os.path.join(workdir, "classes.json")
-    with open(classes, "w") as handle:  # the model's own table: its names, categories -> its indices
-        json.dump({"classes": [{"index": index, "name": class_names[index] if index < len(class_names) else "unlabeled",
-                                "coco_id": category} for category, index in category_indices(class_names).items()]
-                   + ([{"index": 0, "name": class_names[0]}] if 0 not in category_indices(class_names).values() else [])},
-                  handle)
-    try:
-        result = coco_to_tfrecord.run(
-            ["--annotations", annotations, "--images", known.images, "--output_dir", known.output_dir,
-             "--classes", classes, "--split", known.split, "--val_fraction", str(known.val_fraction),
-             "--num_shards", str(known.num_shards), *(["--overwrite"] if known.overwrite else []), *beam_args],
-            save_main_session=save_main_session, test_pipeline=test_pipeline)
-    finally:
-        for path in (annotations, classes):
-            os.remove(path)
-        os.rmdir(workdir)
+    prepare_output_dir(known.output_dir, known.overwrite)
     out = known.output_dir.rstrip("/")
+    # Written before the job runs, beside the dataset, where every worker (and a Dataflow template
+    # run later) reads it through Beam's filesystems.
+    write_json(f"{out}/{CONVERTED}", coco)
     write_json(f"{out}/labelstudio_unused.json", [{"task": task, "reason": reason} for task, reason in unused])
-    add_to_error_files(out, known.export, unused)
+    started = time.time()
+    p = make_pipeline(beam_args, test_pipeline, save_main_session)
+    build_pipeline(p, f"{out}/{CONVERTED}", known.export, unused, config, class_names, known.output_dir,
+                   known.num_shards, description={"command": "segpipe dataset labelstudio", "options": vars(known)})
+    result = run_and_summarize(p, "labelstudio_to_tfrecord", started, require=("images_written",),
+                               output_dir=known.output_dir)
     print(f"segpipe dataset labelstudio: {len(coco['images'])} tasks converted, {len(unused)} not used "
           f"(labelstudio_unused.json)", file=sys.stderr)
     return result

@@ -314,3 +314,65 @@ def test_a_cvat_coco_export_of_corrected_masks_comes_back_with_crowd_class(tmp_p
     assert sorted(by_name) == sorted(truth)
     for stem, mask in truth.items():
         assert np.array_equal(by_name[stem], mask), stem
+
+
+def _small_export(tmp_path, image_prefix):
+    """Two tasks on two real photos: one annotated (a road brush region), one skipped."""
+    from label_studio_sdk.converter.brush import mask2rle
+    images = tmp_path / "images"
+    images.mkdir()
+    road = np.zeros((30, 40), bool)
+    road[15:, :] = True
+    for k in range(2):
+        Image.fromarray(np.full((30, 40, 3), 60 + 50 * k, np.uint8)).save(images / f"p{k}.png")
+    results = [{"type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": 40,
+                "original_height": 30, "value": {"format": "rle", "brushlabels": ["road"],
+                                                 "rle": mask2rle(road.astype(np.uint8) * 255)}}]
+    items = [{"id": 1, "data": {"image": f"{image_prefix}/p0.png"}, "annotations": [{"id": 1, "result": results}]},
+             {"id": 2, "data": {"image": f"{image_prefix}/p1.png"}, "annotations": [{"id": 2, "result": [],
+                                                                                     "was_cancelled": True}]}]
+    (tmp_path / "export.json").write_text(json.dumps(items))
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": [{"index": i, "name": n} for i, n in enumerate(NAMES)]}))
+    return images, road
+
+
+def test_a_label_studio_export_on_gcs_becomes_a_dataset_there(tmp_path, gcs_bucket):
+    """Export, images and output on gs:// (the emulator): the converted document is staged beside
+    the dataset for the workers, the skipped task is an error record and a count of the job."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines import labelstudio_to_tfrecord
+    from tests.helpers import read_records, upload_tree
+    prefix = f"gs://{gcs_bucket}/labelstudio"
+    images, road = _small_export(tmp_path, f"{prefix}/images")
+    upload_tree(tmp_path, prefix)
+    labelstudio_to_tfrecord.run(["--export", f"{prefix}/export.json", "--images", f"{prefix}/images",
+                                 "--classes", f"{prefix}/classes.json", "--output_dir", f"{prefix}/out"])
+    names = sorted(m.path.rsplit("/", 1)[1] for m in FileSystems.match([f"{prefix}/out/*"])[0].metadata_list)
+    assert names == ["classes.json", "dataset.json", "errors.jsonl", "labelstudio_coco.json",
+                     "labelstudio_unused.json", "stats.json", "train-00000-of-00001.tfrecord"]
+    with FileSystems.open(f"{prefix}/out/errors.jsonl") as handle:
+        errors = [json.loads(line) for line in handle.read().decode().splitlines()]
+    assert [(e["source"], e["reason"]) for e in errors] == [(f"{prefix}/export.json#task=2", "skipped")]
+    with FileSystems.open(f"{prefix}/out/stats.json") as handle:
+        stats = json.loads(handle.read())
+    assert stats["tasks_unused"] == {"skipped": 1} and stats["images_written"] == 1
+    local = tmp_path / "from_gcs"
+    local.mkdir()
+    with FileSystems.open(f"{prefix}/out/train-00000-of-00001.tfrecord") as handle:
+        (local / "train-00000-of-00001.tfrecord").write_bytes(handle.read())
+    (record,) = read_records(str(local / "*.tfrecord")).values()
+    assert np.array_equal(record["mask"], road.astype(np.uint8))
+
+
+def test_the_label_studio_job_builds_as_a_dataflow_template(tmp_path, gcs_bucket):
+    from pipelines import labelstudio_to_tfrecord
+    from tests.helpers import dataflow_args, staged_pipeline_transforms, upload_tree
+    prefix = f"gs://{gcs_bucket}/labelstudio-template"
+    _small_export(tmp_path, f"{prefix}/images")
+    upload_tree(tmp_path, prefix)
+    labelstudio_to_tfrecord.run(["--export", f"{prefix}/export.json", "--images", f"{prefix}/images",
+                                 "--classes", f"{prefix}/classes.json", "--output_dir", f"{prefix}/out",
+                                 *dataflow_args(gcs_bucket, tmp_path)])
+    names = staged_pipeline_transforms(tmp_path / "template.json")
+    assert {"StreamCoco", "BuildExamples", "UnusedTasks", "WriteSegmentationDataset/WriteShards"} <= names
