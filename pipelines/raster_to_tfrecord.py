@@ -129,41 +129,27 @@ def read_vector_file(path: str) -> tuple:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def ring_self_intersects(ring) -> bool:
-    """Whether a closed ring's edges cross each other (a bow-tie), other than neighbouring edges
-    meeting at their shared vertex: orientation tests over every pair of edges (O(n^2), in NumPy)."""
-    points = np.asarray(ring, np.float64)[:, :2]
-    if len(points) < 5:  # a closed triangle (4 points) cannot cross itself
-        return False
-    a, b = points[:-1], points[1:]
-    n = len(a)
-
-    def orient(p, q, r):
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
-    i, j = np.triu_indices(n, k=2)
-    keep = ~((i == 0) & (j == n - 1))  # the first and last edges share the closing vertex
-    i, j = i[keep], j[keep]
-    if not i.size:
-        return False
-    d1, d2 = orient(a[i], b[i], a[j]), orient(a[i], b[i], b[j])
-    d3, d4 = orient(a[j], b[j], a[i]), orient(a[j], b[j], b[i])
-    return bool(np.any((d1 * d2 < 0) & (d3 * d4 < 0)))
-
-
 def geometry_problem(geometry: dict):
-    """A reason to leave a polygon out, or None: no coordinates, or a ring that crosses itself
-    (GDAL would burn a bow-tie's two lobes by its own rule, not as anybody drew it). Ring
-    winding is not a problem: Shapefiles wind outer rings clockwise, GeoJSON counter-clockwise,
-    and rasterizing does not depend on it."""
+    """A reason to leave a polygon out, or None: no coordinates, or not a valid polygon by the
+    OGC rules as GEOS checks them (shapely's ``is_valid_reason``): a ring that crosses or touches
+    itself (GDAL would burn a bow-tie's two lobes by its own rule, not as anybody drew it), a hole
+    outside its shell, too few points. Ring winding is not a problem: Shapefiles wind outer
+    rings clockwise, GeoJSON counter-clockwise, and rasterizing does not depend on it."""
     if not geometry or not geometry.get("coordinates"):
         return "no_geometry"
-    polygons = geometry["coordinates"] if geometry.get("type") == "MultiPolygon" else [geometry["coordinates"]] \
-        if geometry.get("type") == "Polygon" else []
-    for polygon in polygons:
-        for ring in polygon:
-            if ring_self_intersects(ring):
-                return "self_intersection"
-    return None
+    if geometry.get("type") not in ("Polygon", "MultiPolygon"):
+        return None
+    import shapely
+    from shapely.geometry import shape
+    try:
+        polygon = shape(geometry)
+    except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.GEOSException) as error:
+        return f"malformed_geometry: {error}"[:200]
+    why = shapely.is_valid_reason(polygon)
+    if why == "Valid Geometry":
+        return None
+    kind = "self_intersection" if "Self-intersection" in why else "invalid_polygon"
+    return f"{kind}: {why}"[:200]
 
 
 class VectorLabels:
