@@ -172,7 +172,7 @@ def shuffle_bytes(work: str) -> dict:
     import shutil
 
     from pipelines import batch_segment
-    from pipelines.demo_data import write_geotiff_mosaic
+    from pipelines.demo_world.scenes import write_geotiff_mosaic
     from tests.shuffle_bytes import counting_shuffles, shuffle_bytes as measured
     model_dir = make_model(os.path.join(work, "model_tiny"), 0.125, 128)
     photos = make_images(os.path.join(work, "images_shuffle"), 8, 768, 1024)
@@ -199,7 +199,7 @@ def shuffle_bytes(work: str) -> dict:
 def peak_rss(work: str) -> dict:
     import shutil
 
-    from pipelines.demo_data import write_geotiff_mosaic
+    from pipelines.demo_world.scenes import write_geotiff_mosaic
     tiny = make_model(os.path.join(work, "model_tiny"), 0.125, 128)
     results = {}
     for height, width in ((4096, 4096), (4096, 65536), (16384, 16384)):

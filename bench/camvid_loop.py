@@ -42,7 +42,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from bench.camvid_data import build_datasets, camvid_dir  # noqa: E402
-from pipelines import labeling_loop  # noqa: E402
+from pipelines.labeling import loop as labeling_loop  # noqa: E402
 
 LOG = logging.getLogger("bench.camvid_loop")
 ARMS = ("uncertain", "stratified", "random")

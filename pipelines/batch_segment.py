@@ -26,13 +26,13 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import RunInference
 
-from pipelines import images as image_checks
-from pipelines import rasters
-from pipelines import segment_outputs as outputs
-from pipelines.chunks import plan_chunks
-from pipelines.inference import ChunkModelHandler
-from pipelines.runner import ERRORS, Progress, count, make_pipeline, run_and_summarize
-from pipelines.storage import remove_stale_temporaries
+from pipelines.common import images as image_checks
+from pipelines.common import rasters
+from pipelines.segment import outputs
+from pipelines.segment.chunks import plan_chunks
+from pipelines.segment.inference import ChunkModelHandler
+from pipelines.common.runner import ERRORS, Progress, count, make_pipeline, run_and_summarize
+from pipelines.common.storage import remove_stale_temporaries
 from segcli.segment import SegmentConfig, make_parser
 
 LOG = logging.getLogger(__name__)

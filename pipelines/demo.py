@@ -4,7 +4,7 @@
     -> coco_to_tfrecord (train + val split) -> segmodel.train (tiny configuration)
     -> segmodel.evaluate -> batch_segment (held-back scenes and the GeoTIFF)
     -> segpipe dataset raster (the GeoTIFF and its label raster as chips) -> evaluate on them
-    -> one round of the labeling loop (pipelines.labeling_loop) -> report
+    -> one round of the labeling loop (pipelines.labeling.loop) -> report
 
     python -m pipelines.demo --output_dir demo_output [--quick]
 """
@@ -25,7 +25,8 @@ def _stage(name: str):
 
 
 def run_demo(output_dir: str, config: DemoConfig) -> dict:
-    from pipelines import batch_segment, coco_to_tfrecord, demo_data, report
+    from pipelines import batch_segment, coco_to_tfrecord, report
+    from pipelines.demo_world import scenes as demo_data
     from segmodel import evaluate, train
 
     started = time.time()
@@ -72,7 +73,7 @@ def run_demo(output_dir: str, config: DemoConfig) -> dict:
                                     "--output", f"{out}/raster_metrics.json", "--positive_class", "road"])
 
     _stage("7/8 one round of the labeling loop (pool -> review -> Label Studio export -> fine-tune)")
-    from pipelines import labeling_loop
+    from pipelines.labeling import loop as labeling_loop
     loop = labeling_loop.run_loop(out, f"{out}/model", f"{out}/dataset", f"{holdout}/annotations.json",
                                   f"{holdout}/images", config.loop_pool, config.loop_count, config.loop_epochs,
                                   config.image_size, config.seed)

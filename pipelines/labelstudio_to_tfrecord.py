@@ -7,7 +7,7 @@ The export (Label Studio's "JSON" export: tasks with their annotations) is turne
 instances document (segformat.label_studio.export_to_coco: brush regions as RLE, polygons from
 percent to pixels, the latest non-cancelled annotation of each task), kept as
 ``OUT/labelstudio_coco.json``, and converted by the COCO job's builder
-(``pipelines.coco_to_tfrecord.build_records``: overlaps, validation, shards, manifest and errors
+(``pipelines.dataset.coco.build_records``: overlaps, validation, shards, manifest and errors
 as there) in the same pipeline, so it runs on Dataflow and builds as a template like the others.
 A class table whose first class is not ``background`` (CamVid's starts with sky) has every
 class drawn as a label, and the pixels no region covers become 255 (void), not class 0.
@@ -29,9 +29,9 @@ import xml.etree.ElementTree as ET
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.dataset_writer import WriteSegmentationDataset, prepare_output_dir, refuse_output_among_inputs
-from pipelines.runner import error_record, make_pipeline, run_and_summarize
-from pipelines.storage import write_json
+from pipelines.dataset.writer import WriteSegmentationDataset, prepare_output_dir, refuse_output_among_inputs
+from pipelines.common.runner import error_record, make_pipeline, run_and_summarize
+from pipelines.common.storage import write_json
 from segcli.coco import CocoConfig
 from segcli.labelstudio import make_parser
 from segformat.label_studio import category_indices, export_to_coco
@@ -79,8 +79,8 @@ def build_pipeline(p, annotations: str, export: str, unused: list, config: CocoC
                    output_dir: str, num_shards: int = 0, description=None):
     """The COCO job's records from the converted document, with the unused tasks among the
     errors and stats, written as one dataset (nothing is added after its commit)."""
-    from pipelines import coco_to_tfrecord
-    built = coco_to_tfrecord.build_records(p, annotations, config, classes_table(class_names))
+    from pipelines.dataset.coco import build_records
+    built = build_records(p, annotations, config, classes_table(class_names))
     records = unused_task_records(export, unused)
     by_reason = {}
     for record in records:

@@ -12,7 +12,7 @@ scene's CRS and rasterized per chip (VectorLabels). Each scene's header is read 
 windows every ``--stride`` pixels, the last row and column flush with the edge); the chips, only
 their descriptions, are spread over the workers, and each worker reads its chip's two windows.
 
-One pixel path with batch segmentation: a chip's pixels come from ``pipelines.rasters``'s
+One pixel path with batch segmentation: a chip's pixels come from ``pipelines.common.rasters``'s
 ``open_geotiff`` (band choice, and for non-8-bit scenes the per-scene 2nd-98th percentile
 stretch) and ``read_window``, the functions ``segpipe segment`` reads its windows with, so a
 model sees the same pixel values in training and inference. Mask rules: ``--mask_colors`` as in
@@ -44,14 +44,14 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import images as image_checks
-from pipelines import rasters
-from pipelines.coco_to_tfrecord import split_for
-from pipelines.dataset_writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
+from pipelines.common import images as image_checks
+from pipelines.common import rasters
+from pipelines.dataset.splits import split_for
+from pipelines.dataset.writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
                                       refuse_output_among_inputs, reject_image)
-from pipelines.masks_to_tfrecord import ColorMap, load_color_map, pair_key
-from pipelines.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
-from pipelines.storage import write_atomic, write_json
+from pipelines.dataset.colors import ColorMap, load_color_map, pair_key
+from pipelines.common.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
+from pipelines.common.storage import write_atomic, write_json
 from segcli.raster import RasterConfig, make_parser
 from segformat import records
 from segformat.masks import IGNORE_INDEX, class_pixel_counts

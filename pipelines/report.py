@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from pipelines.palette import colorize, overlay, palette
+from pipelines.common.palette import colorize, overlay, palette
 from segcli.report import make_parser
 from segformat.masks import IGNORE_INDEX
 
@@ -257,7 +257,7 @@ def geotiff_section(out: str, segmentation: str, max_side: int = 1024) -> str:
     if not masks:
         return ""
     from rasterio.enums import Resampling
-    from pipelines.rasters import open_raster
+    from pipelines.common.rasters import open_raster
     parts = []
     for k, path in enumerate(sorted(masks)[:4]):
         with open_raster(path) as src:
@@ -273,7 +273,7 @@ def geotiff_section(out: str, segmentation: str, max_side: int = 1024) -> str:
 
 
 def loop_section(loop: str) -> str:
-    """The labeling loop's round (pipelines.labeling_loop): held-back mean IoU per arm."""
+    """The labeling loop's round (pipelines.labeling.loop): held-back mean IoU per arm."""
     doc = _read_json(loop) if loop else None
     if not doc:
         return ""

@@ -76,7 +76,7 @@ def write_segmentation_mask_1_1(folder: str, masks: dict, class_names, colors) -
     """CVAT's "Segmentation mask 1.1" (Pascal VOC segmentation layout) of ``masks`` {stem: mask}."""
     from PIL import Image
 
-    from pipelines.storage import write_atomic
+    from pipelines.common.storage import write_atomic
     lines = "".join(f"{name}:{r},{g},{b}::\n" for name, (r, g, b) in zip(class_names, colors))
     write_atomic(f"{folder}/labelmap.txt", ("# label:color_rgb:parts:actions\n" + lines).encode(), "text/plain")
     table = np.zeros((256, 3), np.uint8)
@@ -94,8 +94,8 @@ def build_batch(config: ReviewConfig) -> dict:
     from apache_beam.io.filesystems import FileSystems
     from PIL import Image
 
-    from pipelines.palette import palette
-    from pipelines.storage import write_atomic
+    from pipelines.common.palette import palette
+    from pipelines.common.storage import write_atomic
     seg = config.segmentation.rstrip("/")
     with FileSystems.open(f"{seg}/summary.jsonl") as handle:
         records = [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]

@@ -15,5 +15,5 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--segmentation", default="", help="batch_segment output folder")
     parser.add_argument("--data", default="", help="TFRecords to draw validation samples from")
     parser.add_argument("--samples", type=int, default=6)
-    parser.add_argument("--loop", default="", help="loop.json of a labeling-loop round (pipelines.labeling_loop)")
+    parser.add_argument("--loop", default="", help="loop.json of a labeling-loop round (pipelines.labeling.loop)")
     return parser

@@ -1,6 +1,6 @@
 """The split rule every dataset job shares (docs/datasets.md): ``--split`` names the split the
 records go to; ``--val_fraction f`` sends a share f of them, chosen by a hash of each record's id
-(``pipelines.coco_to_tfrecord.split_for``), to ``val`` instead."""
+(``pipelines.dataset.splits.split_for``), to ``val`` instead."""
 from __future__ import annotations
 
 

@@ -95,7 +95,8 @@ def _skip_credential_lookup():
 def demo_dataset(tmp_path_factory):
     """96 generated demo scenes (192x256) converted by coco_to_tfrecord, 1/4 held out as val
     (96, not fewer: the training test's margin comes from seeing more scenes, see trained_model)."""
-    from pipelines import coco_to_tfrecord, demo_data
+    from pipelines import coco_to_tfrecord
+    from pipelines.demo_world import scenes as demo_data
     root = tmp_path_factory.mktemp("demo")
     annotations = demo_data.write_coco_dataset(str(root / "coco"), 96, seed=3)
     coco_to_tfrecord.run(["--annotations", annotations, "--images", str(root / "coco/images"),

@@ -9,7 +9,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from segmodel.exported import register_custom_objects
-from pipelines import batch_segment, coco_to_tfrecord, palette
+from pipelines import batch_segment, coco_to_tfrecord
+from pipelines.common import palette
 from segmodel import fcn, layers, tiling
 from tests.helpers import (POINTWISE_NAMES as NAMES, dataflow_args, make_pointwise_model, read_records,
                            staged_pipeline_transforms, upload_tree)
@@ -268,7 +269,7 @@ def test_bad_settings_are_one_clear_line(pointwise_model, tmp_path):
 
 
 def test_an_output_folder_the_input_glob_would_read_is_refused(pointwise_model, tmp_path):
-    from pipelines.images import output_inside_input
+    from pipelines.common.images import output_inside_input
     model_dir, _ = pointwise_model
     assert output_inside_input("in/seg", "in/**")
     assert output_inside_input("in/seg", "in/*/*/*.png")  # in/seg/masks/x.png
@@ -346,7 +347,7 @@ def test_a_remote_raster_is_read_window_by_window(pointwise_model, tmp_path, gcs
     import rasterio
     from rasterio.transform import from_origin
 
-    from pipelines import rasters
+    from pipelines.common import rasters
     model_dir, model = pointwise_model
     size = 2048
     image = np.random.default_rng(4).integers(0, 256, (size // 32, size // 32, 3), dtype=np.uint8)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipelines import demo, demo_data
+from pipelines import demo
+from pipelines.demo_world import scenes as demo_data
 from segcli import main as cli
 
 

@@ -12,6 +12,9 @@ from pipelines import coco_to_tfrecord
 from segmodel import features as F
 from segformat.masks import IGNORE_INDEX, VOC_COCO_IDS
 from tests.helpers import dataflow_args, read_records, staged_pipeline_transforms, torchvision_rule, upload_tree
+from pipelines.dataset.coco import build_pipeline
+from pipelines.dataset.splits import split_for
+from segcli.coco import CocoConfig
 
 PERSON = "coco_person_val2017"
 
@@ -127,9 +130,9 @@ def test_val_split_is_a_deterministic_hash(tmp_path, testdata):
     train, val = read_records(str(first / "train-*")), read_records(str(first / "val-*"))
     assert len(train) + len(val) == 4
     for source_id in train:
-        assert coco_to_tfrecord.split_for(int(source_id), 0.5, "train") == "train"
+        assert split_for(int(source_id), 0.5, "train") == "train"
     for source_id in val:
-        assert coco_to_tfrecord.split_for(int(source_id), 0.5, "train") == "val"
+        assert split_for(int(source_id), 0.5, "train") == "val"
     names = sorted(p.name for p in first.glob("*.tfrecord"))
     assert names == sorted(p.name for p in second.glob("*.tfrecord"))
     assert all(n.endswith("-of-00002.tfrecord") for n in names)
@@ -335,7 +338,7 @@ def test_the_coco_job_on_beams_test_pipeline(tmp_path, testdata):
     root = testdata / PERSON
     annotations, images = str(root / "annotations/test_coco.json"), str(root / "images")
     with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
-        shards = coco_to_tfrecord.build_pipeline(p, annotations, coco_to_tfrecord.CocoConfig(images_root=images), "all",
+        shards = build_pipeline(p, annotations, CocoConfig(images_root=images), "all",
                                                  str(tmp_path / "tp"), num_shards=2)
         assert_that(shards | beam.Map(lambda s: s["file"]),
                     equal_to(["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]), label="Files")

@@ -129,11 +129,11 @@ damage = st.tuples(st.sampled_from(["flip", "truncate", "splice", "none"]), st.i
 @example(which=0, damage=("splice", 6, 1))
 @example(which=2, damage=("flip", 98477, 1))
 def test_a_damaged_real_photo_is_refused_with_a_reason_or_decodes_in_the_trainer_too(testdata, which, damage):
-    """What the dataset jobs accept (pipelines.images.inspect_image), TensorFlow's decoder in the
+    """What the dataset jobs accept (pipelines.common.images.inspect_image), TensorFlow's decoder in the
     trainer reads at the size the job recorded; everything else is an ImageError with a reason."""
     import tensorflow as tf
 
-    from pipelines import images as image_checks
+    from pipelines.common import images as image_checks
     data = bytearray(_real_photo_bytes()[which])
     kind, position, amount = damage
     if kind == "flip":  # bit flips anywhere, header included
@@ -223,7 +223,7 @@ def test_an_odd_geotiff_is_read_chunk_by_chunk_or_refused_with_a_reason(tmp_path
     import rasterio
     from rasterio.transform import Affine
 
-    from pipelines.chunks import ChunkJob, plan_chunks
+    from pipelines.segment.chunks import ChunkJob, plan_chunks
     if nodata == "nan" and dtype != "float32":
         nodata = None
     h, w = size

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import demo_data
+from pipelines.demo_world import scenes as demo_data
 from segmodel.exported import register_custom_objects
 
 register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers

@@ -180,7 +180,7 @@ def test_mask_png_reads_back_exactly_with_pillow_and_tensorflow():
     import io
     import tensorflow as tf
     from PIL import Image
-    from pipelines.images import encode_mask_png
+    from pipelines.common.images import encode_mask_png
     rng = np.random.default_rng(7)
     for shape in [(1, 1), (5, 10), (480, 640), (37, 3)]:
         mask = rng.integers(0, 256, shape).astype(np.uint8)

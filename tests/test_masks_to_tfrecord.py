@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from pipelines import masks_to_tfrecord
-from pipelines.images import ImageError
+from pipelines.common.images import ImageError
 from segmodel import features as F
 from tests.helpers import dataflow_args, read_records, staged_pipeline_transforms
+from pipelines.dataset.colors import ColorMap
 
 COLORS = {"classes": ["not_road", "road"],
           "colors": [{"color": [255, 0, 255], "index": 1}, {"color": [255, 0, 0], "index": 0},
@@ -66,11 +67,11 @@ def test_unpaired_and_bad_masks_are_error_records(tmp_path, testdata):
 
 
 def test_color_map_single_channel_and_default():
-    cmap = masks_to_tfrecord.ColorMap.from_json({"colors": [{"color": 7, "index": 2}], "default": 255})
+    cmap = ColorMap.from_json({"colors": [{"color": 7, "index": 2}], "default": 255})
     assert cmap.names == ("background", "class_1", "class_2")
     out = cmap.apply(np.array([[7, 3], [7, 7]], np.uint8))
     assert out.tolist() == [[2, 255], [2, 2]]
-    strict = masks_to_tfrecord.ColorMap.from_json({"7": 1})
+    strict = ColorMap.from_json({"7": 1})
     with pytest.raises(ImageError):
         strict.apply(np.array([[7, 3]], np.uint8))
 
@@ -92,7 +93,7 @@ def test_pair_fn_reads_a_batch_ahead_and_rejects_an_unreadable_pair(tmp_path):
     Image.fromarray(np.full((6, 5, 3), 90, np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.full((6, 5), 7, np.uint8)).save(tmp_path / "a_mask.png")
     Image.fromarray(np.full((6, 5), 7, np.uint8)).save(tmp_path / "b_mask.png")
-    fn = masks_to_tfrecord.PairExampleFn(masks_to_tfrecord.ColorMap.from_json({"7": 1}), "train", str(tmp_path))
+    fn = masks_to_tfrecord.PairExampleFn(ColorMap.from_json({"7": 1}), "train", str(tmp_path))
     fn.setup()
     batch = [("a", {"image": [str(tmp_path / "a.png")], "mask": [str(tmp_path / "a_mask.png")]}),
              ("b", {"image": [str(tmp_path / "gone.png")], "mask": [str(tmp_path / "b_mask.png")]}),

@@ -122,7 +122,7 @@ def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_l
 def test_a_chip_reads_the_same_pixels_as_batch_segmentation(tmp_path, scene_and_labels):
     """One pixel path: the dataset job's chip and batch segmentation's window of the same scene,
     through their own entry points (here a 16-bit scene, so the stretch is in play)."""
-    from pipelines.chunks import ChunkJob, plan_chunks
+    from pipelines.segment.chunks import ChunkJob, plan_chunks
     from pipelines.raster_to_tfrecord import ChipFn, PlanChipsFn
     from pipelines.masks_to_tfrecord import ColorMap
     from segcli.raster import RasterConfig

@@ -1,7 +1,7 @@
 """The dataset pipelines' shared pieces that are not covered through a whole pipeline."""
 import threading
 
-from pipelines import storage
+from pipelines.common import storage
 
 
 def test_read_ahead_keeps_order_reports_errors_and_bounds_reads_in_flight(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ def test_readers_share_one_bounded_pool_per_process(tmp_path):
 
 
 def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
-    from pipelines.storage import remove_stale_temporaries
+    from pipelines.common.storage import remove_stale_temporaries
     (tmp_path / "masks/a").mkdir(parents=True)
     stale = [tmp_path / "summary.jsonl.tmp-0123abcd", tmp_path / "masks/p1.png.tmp-4567", tmp_path / "masks/a/s.tif.tmp-89"]
     kept = [tmp_path / "summary.jsonl", tmp_path / "masks/p1.png", tmp_path / "masks/a/s.tif", tmp_path / "masks/a/s.json"]

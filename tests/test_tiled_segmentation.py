@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from segmodel.exported import register_custom_objects
-from pipelines import batch_segment, demo_data
+from pipelines import batch_segment
+from pipelines.demo_world import scenes as demo_data
 from segmodel import tiling
 from segmodel.exported import load_exported
 from segmodel.predict import TiledSegmenter

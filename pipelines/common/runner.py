@@ -81,7 +81,7 @@ def run_and_summarize(p: beam.Pipeline, job: str, started: float, require=(), ou
         result = p.run()
         result.wait_until_finish()
     except Exception as error:
-        from pipelines.storage import StorageError, is_storage_failure
+        from pipelines.common.storage import StorageError, is_storage_failure
         from segcli.main import exception_chain
         if output_dir and "://" not in str(error) and any(is_storage_failure(c) for c in exception_chain(error)):
             raise StorageError(f"could not write under {output_dir}: {error}") from error

@@ -15,8 +15,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipelines.chunks import Chunk, ChunkJob
-from pipelines.segment_outputs import ChunkWriter
+from pipelines.segment.chunks import Chunk, ChunkJob
+from pipelines.segment.outputs import ChunkWriter
 
 LOG = logging.getLogger(__name__)
 

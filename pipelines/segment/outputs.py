@@ -21,10 +21,11 @@ import tempfile
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import palette, rasters
-from pipelines.chunks import Chunk
-from pipelines.runner import error_record
-from pipelines.storage import commit_temp, temp_name, upload_atomic, write_atomic, writing
+from pipelines.common import palette
+from pipelines.common import rasters
+from pipelines.segment.chunks import Chunk
+from pipelines.common.runner import error_record
+from pipelines.common.storage import commit_temp, temp_name, upload_atomic, write_atomic, writing
 from segformat.masks import IGNORE_INDEX, background_index
 from segmodel import tiling
 
@@ -118,7 +119,7 @@ class ChunkWriter:
 
 
 def failure_record(source: str, error: Exception) -> dict:
-    from pipelines.images import ImageError
+    from pipelines.common.images import ImageError
     if isinstance(error, ImageError):
         return error_record(source, error.reason, error.detail)
     reason = "unreadable_image" if isinstance(error, (OSError, ValueError)) else "segmentation_failed"

@@ -13,8 +13,8 @@ import zlib
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.runner import ERRORS, STATS, Progress, count, error_record
-from pipelines.storage import ReadAhead, commit_temp, temp_name, write_json, writing
+from pipelines.common.runner import ERRORS, STATS, Progress, count, error_record
+from pipelines.common.storage import ReadAhead, commit_temp, temp_name, write_json, writing
 from segformat.masks import IGNORE_INDEX
 
 LOG = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def refuse_output_among_inputs(job: str, output_dir: str, patterns, split: str =
     """Stops a dataset job whose output files would match one of its input globs (a re-run would
     read its own outputs as inputs); one rule for every dataset job. A job that reads files by
     name from a folder passes ``FOLDER/*``: the output folder must not be that folder."""
-    from pipelines import images as image_checks
+    from pipelines.common import images as image_checks
     for pattern in patterns:
         if image_checks.output_inside_input(output_dir, pattern, dataset_file_names(split)):
             raise SystemExit(f"{job}: --output_dir {output_dir} lies where {pattern} matches; "

@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import images as image_checks
+from pipelines.common import images as image_checks
 from segformat.masks import IGNORE_INDEX
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
@@ -118,7 +118,7 @@ def read_window(src, info: ImageInfo, row: int, col: int, height: int, width: in
 
 
 def write_png(path: str, mask: np.ndarray) -> None:
-    from pipelines.storage import write_atomic
+    from pipelines.common.storage import write_atomic
     write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
 
 
@@ -168,7 +168,7 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> s
     # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
     # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
     rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
-    from pipelines.storage import upload_atomic
+    from pipelines.common.storage import upload_atomic
     upload_atomic(cog, path, "image/tiff")
     return cog
 

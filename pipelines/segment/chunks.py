@@ -13,8 +13,8 @@ import dataclasses
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import images as image_checks
-from pipelines import rasters
+from pipelines.common import images as image_checks
+from pipelines.common import rasters
 from segmodel import predict, tiling
 
 # What a photo counts for when RunInference groups chunks into batches by their tiles: its size

@@ -86,7 +86,8 @@ def fine_tune(out: str, arm: str, model_dir: str, dataset_dir: str, extra: str, 
 
 def run_loop(out: str, model_dir: str, dataset_dir: str, holdout_annotations: str, holdout_images: str,
              pool_size: int, count: int, epochs: int, image_size, seed: int) -> dict:
-    from pipelines import batch_segment, coco_to_tfrecord, demo_data, labelstudio_to_tfrecord, review
+    from pipelines import batch_segment, coco_to_tfrecord, labelstudio_to_tfrecord, review
+    from pipelines.demo_world import scenes as demo_data
     from segmodel import evaluate
     from segmodel.exported import class_names
     loop = f"{out}/loop"

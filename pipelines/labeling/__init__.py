@@ -1,0 +1,1 @@
+"""The labeling loop's pieces: one round of it run where the truth is known (``loop``)."""

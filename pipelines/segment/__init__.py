@@ -1,0 +1,2 @@
+"""Batch segmentation's pieces: chunks and their pixels (``chunks``), the RunInference model
+handler (``inference``), what it writes (``outputs``)."""
