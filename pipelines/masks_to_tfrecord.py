@@ -33,8 +33,7 @@ from pipelines.dataset.writer import (ConvertFilesFn, RecordRef, WriteSegmentati
 from pipelines.common.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
 from pipelines.common.storage import READ_AHEAD
 from pipelines.dataset.colors import ColorMap, load_color_map, pair_key
-from segcli.masks import make_parser
-from segcli.splits import split_problems
+from segcli.masks import MasksConfig, make_parser
 from segformat.masks import class_pixel_counts
 
 LOG = logging.getLogger(__name__)
@@ -146,20 +145,19 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    color_map = load_color_map(known.mask_colors)
-    for regex in (known.image_key_regex, known.mask_key_regex):
-        re.compile(regex)
-    problems = split_problems(known.split, 0.0)
-    if problems:
-        raise SystemExit(f"segpipe dataset masks: {'; '.join(problems)}")
-    refuse_output_among_inputs("masks_to_tfrecord", known.output_dir, (known.images, known.masks), known.split)
-    prepare_output_dir(known.output_dir, known.overwrite)
+    try:
+        config = MasksConfig(**vars(known))
+    except ValueError as e:
+        raise SystemExit(f"segpipe dataset masks: {e}") from None
+    color_map = load_color_map(config.mask_colors)
+    refuse_output_among_inputs("masks_to_tfrecord", config.output_dir, (config.images, config.masks), config.split)
+    prepare_output_dir(config.output_dir, config.overwrite)
     description = {"command": "segpipe dataset masks", "options": vars(known)}
     started = time.time()
     p = make_pipeline(beam_args, test_pipeline, save_main_session)
-    build_pipeline(p, known.images, known.masks, color_map, known.output_dir, known.split, known.num_shards,
-                   known.image_key_regex, known.mask_key_regex, description)
-    return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",), output_dir=known.output_dir)
+    build_pipeline(p, config.images, config.masks, color_map, config.output_dir, config.split, config.num_shards,
+                   config.image_key_regex, config.mask_key_regex, description)
+    return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",), output_dir=config.output_dir)
 
 
 if __name__ == "__main__":
