@@ -49,7 +49,7 @@ def test_camvid_end_to_end_and_the_loop_trains_on_what_people_labelled(mini_camv
 
     out = tmp_path / "loop"
     result = camvid_loop.main(["--camvid", str(mini_camvid), "--output_dir", str(out), "--seeds", "3",
-                               "--arms", "uncertain,random", "--initial", "3", "--add", "2", "--rounds", "1",
+                               "--arms", "stratified", "--initial", "3", "--add", "2", "--rounds", "1",
                                "--image_size", "64", "--round_steps", "2", "--base_epochs", "1"])
 
     # the dataset: every frame, masks equal to the label files with void (11) -> 255, images unchanged
@@ -88,11 +88,11 @@ def test_camvid_end_to_end_and_the_loop_trains_on_what_people_labelled(mini_camv
 
     # scored on every test frame at full size; a curve row per round with its spread
     assert result["test_frames"] == 2
-    assert [row["round"] for row in result["curve"]["random"]] == [0, 1]
-    assert 0 <= result["curve"]["uncertain"][1]["mean"] <= 1
+    assert [row["round"] for row in result["curve"]["stratified"]] == [0, 1]
+    assert 0 <= result["curve"]["stratified"][1]["mean"] <= 1
 
     # batch segmentation's outputs for the real frames: full-size masks of the model's classes
-    segmentation = out / "seed3" / "uncertain" / "round1" / "segmentation"
+    segmentation = out / "seed3" / "stratified" / "round1" / "segmentation"
     summary = [json.loads(line) for line in (segmentation / "summary.jsonl").read_text().splitlines()]
     assert len(summary) == 6
     for record in summary:
