@@ -13,7 +13,7 @@ def test_architecture_names_modules_and_classes_that_exist():
     paths |= set(re.findall(r"\(((?:segformat|segcli|segmodel|pipelines|bench)/[\w/]+\.py)\)", text))
     assert paths and all((ROOT / p).is_file() for p in paths), sorted(p for p in paths if not (ROOT / p).is_file())
     source = "\n".join(p.read_text() for folder in ("pipelines", "segmodel", "segformat")
-                       for p in (ROOT / folder).glob("*.py"))
+                       for p in (ROOT / folder).rglob("*.py"))
     classes = set(re.findall(r"\b([A-Z][A-Za-z]+(?:Fn|Handler|Segmenter|Dataset|Job|Writer))\b", text))
     assert classes and {c for c in classes if not re.search(rf"\bclass {c}\b", source)} == set()
 

@@ -269,7 +269,11 @@ def remove_writer_temporaries(output_dir: str) -> None:
     files = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "beam-temp-*/*")])[0].metadata_list]
     if files:
         FileSystems.delete(files)
-    for folder in sorted({posixpath.dirname(path) for path in files}):
+    folders = {posixpath.dirname(path) for path in files}
+    if "://" not in output_dir:  # on a local disk a killed writer may leave its folder empty
+        import glob
+        folders |= set(glob.glob(FileSystems.join(output_dir, "beam-temp-*")))
+    for folder in sorted(folders):
         if FileSystems.exists(folder):  # a folder on a local disk; on an object store there is none
             FileSystems.delete([folder])
 
