@@ -43,11 +43,9 @@ def probe_seconds_per_step(config, num_classes: int, steps: int = 8) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from segmodel import fcn
+    from segmodel.train import build_model
     from segmodel.losses import MaskedCrossEntropy
-    model = fcn.build_fcn(config.arch, num_classes, width=config.width, fc_units=config.fc_units,
-                          dropout=config.dropout, batch_norm=config.batch_norm,
-                          skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0))
+    model = build_model(config, num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=MaskedCrossEntropy())
     rng = np.random.default_rng(0)
     size = config.image_size

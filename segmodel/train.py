@@ -47,6 +47,15 @@ def set_precision(policy: str) -> str:
     return policy
 
 
+def build_model(config, num_classes: int):
+    """The FCN a TrainConfig describes (untrained but for the backbone weights it names)."""
+    from segmodel import fcn
+    return fcn.build_fcn(config.arch, num_classes, width=config.width, fc_units=config.fc_units,
+                         dropout=config.dropout, batch_norm=config.batch_norm,
+                         skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0),
+                         backbone_weights=config.backbone_weights, normalization=config.normalization or None)
+
+
 def make_optimizer(config, total_steps: int):
     import keras
     lr = config.learning_rate
@@ -180,11 +189,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     if config.class_weights:
         weights = class_weights_from_stats(f"{dataset.dataset_dir(train_data)}/stats.json", num_classes)
     with strategy.scope():
-        model = fcn.build_fcn(config.arch, num_classes, width=config.width, fc_units=config.fc_units,
-                              dropout=config.dropout, batch_norm=config.batch_norm,
-                              skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0),
-                              backbone_weights=config.backbone_weights,
-                              normalization=config.normalization or None)
+        model = build_model(config, num_classes)
         model.compile(optimizer=make_optimizer(config, total_steps), loss=MaskedCrossEntropy(class_weights=weights),
                       metrics=[ConfusionMatrixMetric(num_classes)])
 
