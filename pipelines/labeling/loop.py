@@ -18,35 +18,33 @@ import shutil
 import numpy as np
 
 
+def parsed_records(data: str, split: str = "train"):
+    """The records of a dataset (a folder or a glob of shards), parsed as the trainer reads them."""
+    import tensorflow as tf
+
+    from segmodel import dataset, features
+    for path in dataset.list_shards(data, split):
+        for raw in tf.data.TFRecordDataset([path]):
+            yield tf.io.parse_single_example(raw, features.feature_spec())
+
+
 def truth_masks(dataset_dir: str) -> dict:
     """{file name: class mask} of a dataset folder's records (read as the trainer reads them)."""
     import io
 
-    import tensorflow as tf
     from PIL import Image
 
-    from segmodel import dataset, features
-    masks = {}
-    for path in dataset.list_shards(dataset_dir, "train"):
-        for raw in tf.data.TFRecordDataset([path]):
-            record = tf.io.parse_single_example(raw, features.feature_spec())
-            name = record[features.IMAGE_FILENAME].numpy().decode()
-            masks[name] = np.asarray(Image.open(io.BytesIO(record[features.MASK_ENCODED].numpy())))
-    return masks
+    from segmodel import features
+    return {record[features.IMAGE_FILENAME].numpy().decode():
+            np.asarray(Image.open(io.BytesIO(record[features.MASK_ENCODED].numpy())))
+            for record in parsed_records(dataset_dir)}
 
 
 def record_file_names(data: str, split: str = "train") -> list:
     """The image file names of a dataset's records (a folder or a glob of shards), read back from
     the shards: what a training run on ``data`` really sees."""
-    import tensorflow as tf
-
-    from segmodel import dataset, features
-    names = []
-    for path in dataset.list_shards(data, split):
-        for raw in tf.data.TFRecordDataset([path]):
-            record = tf.io.parse_single_example(raw, features.feature_spec())
-            names.append(record[features.IMAGE_FILENAME].numpy().decode())
-    return sorted(names)
+    from segmodel import features
+    return sorted(record[features.IMAGE_FILENAME].numpy().decode() for record in parsed_records(data, split))
 
 
 def label_studio_export(chosen: list, truths: dict, class_names) -> list:
