@@ -15,8 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from apache_beam.io.filesystems import FileSystems
-
+from pipelines.common import storage
 from pipelines.common.runner import make_pipeline, run_and_summarize
 from pipelines.dataset.coco import build_pipeline, parse_classes
 from pipelines.dataset.writer import prepare_output_dir, refuse_output_among_inputs
@@ -25,7 +24,7 @@ from segcli.coco import CocoConfig, make_parser
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    if not FileSystems.exists(known.annotations):
+    if not storage.exists(known.annotations):
         raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
     refuse_output_among_inputs("coco_to_tfrecord", known.output_dir, (f"{known.images.rstrip('/')}/*",),
                                known.split)

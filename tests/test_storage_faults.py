@@ -118,13 +118,21 @@ def patient_for_seconds(monkeypatch):
     monkeypatch.setattr(gcsio, "DEFAULT_RETRY", gcsio.DEFAULT_RETRY.with_timeout(2))
 
 
-@pytest.mark.parametrize("job, failing", [("coco", "every request"), ("coco", "every write"),
-                                          ("masks", "every write"), ("segment", "every write")])
+ALL_KINDS = ("503", "429", "reset")
+
+
+# A reset connection's error names no URL, unlike an HTTP error: each is its own case, so that
+# which fault lands on the first request does not decide what the test sees.
+@pytest.mark.parametrize("job, failing, kinds", [("coco", "every request", ("reset",)),
+                                                 ("coco", "every request", ("503",)),
+                                                 ("coco", "every write", ALL_KINDS),
+                                                 ("masks", "every write", ALL_KINDS),
+                                                 ("segment", "every write", ALL_KINDS)])
 def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_object(
-        job, failing, remote_inputs, storage_faults, patient_for_seconds, capsys):
+        job, failing, kinds, remote_inputs, storage_faults, patient_for_seconds, capsys):
     from segcli import main
     prefix, local = remote_inputs
-    out = f"{prefix}/dead-{job}-{failing.split()[1]}"
+    out = f"{prefix}/dead-{job}-{failing.split()[1]}-{kinds[0]}"
     argv = {"coco": ["dataset", "coco", "--annotations", f"{prefix}/coco/annotations/test_coco.json",
                      "--images", f"{prefix}/coco/images", "--output_dir", out],
             "segment": ["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
@@ -134,7 +142,7 @@ def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_obje
                       "--output_dir", out, *KITTI_KEYS]}[job]
     writes = lambda method, path: method in ("POST", "PUT", "PATCH", "DELETE")
     only = {"every request": None, "every write": writes}[failing]
-    storage_faults.configure(1.0, only=only, kinds=("503", "429", "reset"))
+    storage_faults.configure(1.0, only=only, kinds=kinds)
     try:
         status = main.main(argv)
     except SystemExit as stop:

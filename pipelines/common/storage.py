@@ -68,7 +68,7 @@ class ReadAhead:
 
 
 class StorageError(OSError):
-    """A write that failed for good (the storage client's own retries spent), naming the object."""
+    """A read or write that failed for good (the storage client's own retries spent), naming the object."""
 
 
 def is_storage_failure(error: BaseException) -> bool:
@@ -90,6 +90,24 @@ def writing(path: str, temp: str | None = None):
         if isinstance(error, StorageError) or not is_storage_failure(error):
             raise
         raise StorageError(f"could not write {path}: {type(error).__name__}: {error}") from error
+
+
+@contextlib.contextmanager
+def reading(path: str):
+    """Names ``path`` in a storage failure of the block: an input that cannot be read (the
+    client's errors, a reset connection above all, often name no object)."""
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, StorageError) or not is_storage_failure(error):
+            raise
+        raise StorageError(f"could not read {path}: {type(error).__name__}: {error}") from error
+
+
+def exists(path: str) -> bool:
+    """FileSystems.exists, naming ``path`` when storage fails for good."""
+    with reading(path):
+        return FileSystems.exists(path)
 
 
 def remove_stale_temporaries(folder: str) -> int:

@@ -12,6 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import images as image_checks
 from pipelines.common.runner import ERRORS, STATS, count, error_record
+from pipelines.common import storage
 from pipelines.common.storage import READ_AHEAD
 from pipelines.dataset.splits import split_for
 from pipelines.dataset.writer import DEFAULT_SHARD_BYTES, ConvertFilesFn, RecordRef, WriteSegmentationDataset, \
@@ -39,7 +40,7 @@ def stream_coco(path: str, sections=SECTIONS):
     emitted = dict.fromkeys(sections, 0)
     try:
         for section in sections:
-            with FileSystems.open(path) as handle:
+            with storage.reading(path), FileSystems.open(path) as handle:
                 for obj in ijson.items(handle, f"{section}.item", use_float=True):
                     emitted[section] += 1
                     yield section, obj
