@@ -2,7 +2,7 @@
 
 Every client of the emulator (google-cloud-storage, Beam's gs:// filesystem) reaches it through
 this proxy via STORAGE_EMULATOR_HOST. With ``rate`` r, a share r of the requests that match
-``only`` fails in one of the ways object stores fail: HTTP 429 (rate limited), HTTP 503 (backend
+``only(method, path, body)`` fails in one of the ways object stores fail: HTTP 429 (rate limited), HTTP 503 (backend
 unavailable), a reset connection (the request was read, the socket is closed with RST and no
 response), or a delay before the request is passed on. Which request fails is drawn from a seeded
 random generator, so a run can be repeated. ``faults`` counts what was injected, ``requests``
@@ -26,7 +26,7 @@ KINDS = ("429", "503", "reset", "delay")
 class FaultProxy:
     def __init__(self, upstream_port: int, rate: float = 0.0, seed: int = 0, kinds=KINDS, delay_s: float = 0.2):
         self.upstream_port, self.rate, self.kinds, self.delay_s = upstream_port, rate, tuple(kinds), delay_s
-        self.only = lambda method, path: True
+        self.only = lambda method, path, body: True
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.faults = collections.Counter()
@@ -53,7 +53,7 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._body()
-                fault = proxy.draw(self.command, self.path)
+                fault = proxy.draw(self.command, self.path, body)
                 if fault in ("429", "503"):
                     message = b'{"error": {"code": %s, "message": "injected fault"}}' % fault.encode()
                     self.send_response(int(fault))
@@ -101,10 +101,10 @@ class FaultProxy:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def draw(self, method: str, path: str):
+    def draw(self, method: str, path: str, body: bytes = b""):
         with self.lock:
             self.requests[method] += 1
-            if not self.only(method, path) or self.random.random() >= self.rate:
+            if not self.only(method, path, body) or self.random.random() >= self.rate:
                 return None
             fault = self.random.choice(self.kinds)
             self.faults[fault] += 1
@@ -114,7 +114,7 @@ class FaultProxy:
     def configure(self, rate: float, seed: int = 0, kinds=KINDS, only=None):
         with self.lock:
             self.rate, self.kinds, self.random = rate, tuple(kinds), random.Random(seed)
-            self.only = only or (lambda method, path: True)
+            self.only = only or (lambda method, path, body: True)
             self.faults.clear()
             self.requests.clear()
             self.failed_paths.clear()

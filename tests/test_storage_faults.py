@@ -140,7 +140,7 @@ def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_obje
             "masks": ["dataset", "masks", "--images", f"{prefix}/kitti/image_2/*.png", "--masks",
                       f"{prefix}/kitti/gt_image_2/*.png", "--mask_colors", str(local / "colors.json"),
                       "--output_dir", out, *KITTI_KEYS]}[job]
-    writes = lambda method, path: method in ("POST", "PUT", "PATCH", "DELETE")
+    writes = lambda method, path, body: method in ("POST", "PUT", "PATCH", "DELETE")
     only = {"every request": None, "every write": writes}[failing]
     storage_faults.configure(1.0, only=only, kinds=kinds)
     try:
@@ -160,3 +160,48 @@ def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_obje
     left = tree(out)  # nothing half-written: no manifest, no temporary or partial object
     assert "dataset.json" not in left and not any(".tmp-" in name or "staging" in name for name in left), sorted(left)
     print(f"{job}, {failing} failing: {line[:160]}...; left behind: {sorted(left)}")
+
+
+def copies(method, path, body) -> bool:
+    """Beam renames a gs:// object with a copy (inside a batch request: the copy's own URL is in
+    the body) and a delete of the source: only the copy matches."""
+    return method == "POST" and (b"/copyTo/" in body or b"/rewriteTo/" in body
+                                 or "/copyTo/" in path or "/rewriteTo/" in path)
+
+
+def test_a_write_whose_final_copy_fails_for_good_leaves_no_temporary_object(
+        remote_inputs, storage_faults, patient_for_seconds):
+    """The temporary object is written, then its rename into place (the copy) fails every time:
+    the error names the object, and the temporary object is deleted, not left beside it."""
+    from pipelines.common import storage
+    prefix, _ = remote_inputs
+    path = f"{prefix}/final-copy/stats.json"
+    storage_faults.configure(1.0, only=copies, kinds=("503",))
+    with pytest.raises(storage.StorageError, match=f"could not write {path}"):
+        storage.write_json(path, {"images": 1})
+    failed = list(storage_faults.failed_paths)
+    storage_faults.configure(0.0)
+    assert failed, "no copy request was failed"
+    left = tree(f"{prefix}/final-copy")
+    assert left == {}, sorted(left)  # neither the object nor its temporary
+
+
+def test_a_job_whose_final_copies_fail_for_good_leaves_nothing_half_written(
+        remote_inputs, storage_faults, patient_for_seconds, capsys):
+    from segcli import main
+    prefix, local = remote_inputs
+    out = f"{prefix}/dead-segment-copies"
+    storage_faults.configure(1.0, only=copies, kinds=("503",))
+    try:
+        status = main.main(["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
+                            "--output_dir", out, "--tile_size", "32", "--chunk_size", "32"])
+    except SystemExit as stop:
+        status = stop.code
+    injected = sum(storage_faults.faults.values())
+    storage_faults.configure(0.0)
+    err = capsys.readouterr().err
+    assert injected and status == 1 and "Traceback" not in err, err[-2000:]
+    line = [line for line in err.splitlines() if line.startswith("segpipe ")][-1]
+    assert f"could not write {out}/" in line or f"could not write under {out}" in line, line
+    left = tree(out)
+    assert not any(".tmp-" in name or "staging" in name for name in left), sorted(left)

@@ -71,9 +71,21 @@ class StorageError(OSError):
     """A read or write that failed for good (the storage client's own retries spent), naming the object."""
 
 
+# Modules whose own crashes are storage failures: Beam's gs:// client turns a batch request that
+# failed for good as a whole (every retry answered 503) into an AttributeError on the missing
+# response (apache-beam 2.77, gcsio.copy_batch: ``responses[i]`` stays None) instead of an error.
+STORAGE_CLIENT_MODULES = ("apache_beam.io.gcp.gcsio", "apache_beam.io.gcp.gcsfilesystem", "google.")
+
+
 def is_storage_failure(error: BaseException) -> bool:
-    """OSError (local files, Beam's BeamIOError) or an error of Google's storage clients."""
-    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "google"
+    """OSError (local files, Beam's BeamIOError), an error of Google's storage clients, or any
+    exception raised inside a storage client's own code (see STORAGE_CLIENT_MODULES)."""
+    if isinstance(error, OSError) or type(error).__module__.split(".")[0] == "google":
+        return True
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").startswith(STORAGE_CLIENT_MODULES)
 
 
 @contextlib.contextmanager
