@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import sys
 import time
-import urllib.parse
 import xml.etree.ElementTree as ET
 
 import apache_beam as beam
@@ -34,7 +32,7 @@ from pipelines.common.runner import error_record, make_pipeline, run_and_summari
 from pipelines.common.storage import write_json
 from segcli.coco import CocoConfig
 from segcli.labelstudio import make_parser
-from segformat.label_studio import category_indices, export_to_coco
+from segformat.label_studio import category_indices, export_to_coco, image_file_name
 
 
 def read_class_names(path: str) -> list:
@@ -47,13 +45,6 @@ def read_class_names(path: str) -> list:
     classes = sorted(json.loads(text)["classes"], key=lambda c: c["index"])
     return [c["name"] for c in classes]
 
-
-def image_file_name(url: str) -> str:
-    """A task's image URL (a local-files URL, gs://, http(s)://) -> the image's file name."""
-    parsed = urllib.parse.urlparse(url)
-    query = urllib.parse.parse_qs(parsed.query)
-    path = query["d"][0] if "d" in query else parsed.path
-    return posixpath.basename(urllib.parse.unquote(path))
 
 
 CONVERTED = "labelstudio_coco.json"  # OUT/: the export as the COCO document the dataset is made from

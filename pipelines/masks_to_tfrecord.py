@@ -115,9 +115,10 @@ class PairExampleFn(ConvertFilesFn):
         stats.update(pixel_stats(class_pixel_counts(mask)))
         count("images_written")
         yield beam.pvalue.TaggedOutput(STATS, stats)
-        yield self.split, key, RecordRef.of(image_path, data, fmt, height, width,
-                                            image_checks.relative_to(image_path, self.images_root), key,
-                                            image_checks.encode_mask_png(mask))
+        yield self.split, key, RecordRef.of(
+            image_path, data, fmt=fmt, height=height, width=width,
+            filename=image_checks.relative_to(image_path, self.images_root), source_id=key,
+            mask_png=image_checks.encode_mask_png(mask))
 
 
 def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, split="train", num_shards=0,

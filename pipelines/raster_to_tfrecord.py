@@ -307,8 +307,8 @@ class ChipFn(beam.DoFn):
         geo = ((records.GEO_SCENE, info.source), (records.GEO_CRS, info.crs or ""),
                (records.GEO_WINDOW, f"{row},{col},{h},{w}"),
                (records.GEO_TRANSFORM, ",".join(repr(v) for v in feature["properties"]["transform"])))
-        yield split, chip_id, RecordRef.of(path, data, "png", h, w, f"{chip_id}.png", chip_id,
-                                           image_checks.encode_mask_png(mask), geo)
+        yield split, chip_id, RecordRef.of(path, data, fmt="png", height=h, width=w, filename=f"{chip_id}.png",
+                                           source_id=chip_id, mask_png=image_checks.encode_mask_png(mask), extra=geo)
 
 
 def chip_feature(info, chip_id: str, row: int, col: int, h: int, w: int, split: str) -> dict:

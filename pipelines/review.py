@@ -62,26 +62,18 @@ def select(records: list, config: ReviewConfig, class_names, excluded=frozenset(
     return chosen
 
 
-def image_url(path: str, prefix: str = "") -> str:
-    """What Label Studio loads the image from: prefix + file name, a gs:// URI as its Google Cloud
-    Storage source serves it, or a local file through its local-files storage."""
-    if prefix:
-        return prefix + posixpath.basename(path)
-    if "://" in path:
-        return path
-    return "/data/local-files/?d=" + path.lstrip("/")
-
 
 def write_segmentation_mask_1_1(folder: str, masks: dict, class_names, colors) -> None:
     """CVAT's "Segmentation mask 1.1" (Pascal VOC segmentation layout) of ``masks`` {stem: mask}."""
     from PIL import Image
 
     from pipelines.common.storage import write_atomic
+    from pipelines.dataset.colors import VOC_VOID_COLOR
     lines = "".join(f"{name}:{r},{g},{b}::\n" for name, (r, g, b) in zip(class_names, colors))
     write_atomic(f"{folder}/labelmap.txt", ("# label:color_rgb:parts:actions\n" + lines).encode(), "text/plain")
     table = np.zeros((256, 3), np.uint8)
     table[:len(class_names)] = np.asarray(colors, np.uint8)
-    table[255] = (224, 224, 192)  # VOC's "void": pixels nobody labels (255 in a mask)
+    table[255] = VOC_VOID_COLOR
     for stem, mask in masks.items():
         buffer = io.BytesIO()
         Image.fromarray(table[mask]).save(buffer, format="PNG")
@@ -117,7 +109,7 @@ def build_batch(config: ReviewConfig) -> dict:
         with FileSystems.open(record["mask"]) as handle:
             mask = np.asarray(Image.open(io.BytesIO(handle.read())))
         masks[posixpath.splitext(posixpath.basename(record["input"]))[0]] = mask
-        tasks.append(label_studio.task(image_url(record["input"], config.image_url_prefix), mask, class_names,
+        tasks.append(label_studio.task(label_studio.image_url(record["input"], config.image_url_prefix), mask, class_names,
                                        record["mean_confidence"], config.model_version or seg,
                                        meta={"review_priority": record["review_priority"]}))
     names = {posixpath.basename(r["input"]) for r in chosen} | {r.get("file_name") for r in chosen}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from segcli.limits import DEFAULT_MAX_PIXELS
+from segformat.limits import DEFAULT_MAX_PIXELS
 from segcli.splits import split_problems
 from segformat.masks import CROWD_MODES, OVERLAP_MODES
 

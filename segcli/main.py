@@ -23,21 +23,30 @@ import importlib
 import os
 import re
 import sys
+import typing
 import urllib.parse
 
-# command words -> (flags module in segcli, job module, its entry point, unknown flags go to Beam,
-# the job loads TensorFlow)
+class Command(typing.NamedTuple):
+    flags: str  # the module in segcli with make_parser(): checked before the job loads
+    job: str  # the job's module
+    entry: str  # its entry point, called with the rest of the command line
+    beam_flags: bool  # unknown flags go on to Beam (--runner, --project, ...)
+    uses_tf: bool  # the job loads TensorFlow (imported first, its start-up notices hidden)
+
+
 COMMANDS = {
-    ("dataset", "coco"): ("segcli.coco", "pipelines.coco_to_tfrecord", "run", True, False),
-    ("dataset", "masks"): ("segcli.masks", "pipelines.masks_to_tfrecord", "run", True, False),
-    ("dataset", "labelstudio"): ("segcli.labelstudio", "pipelines.labelstudio_to_tfrecord", "run", True, False),
-    ("dataset", "raster"): ("segcli.raster", "pipelines.raster_to_tfrecord", "run", True, False),
-    ("train",): ("segcli.train", "segmodel.train", "main", False, True),
-    ("evaluate",): ("segcli.evaluate", "segmodel.evaluate", "main", False, True),
-    ("segment",): ("segcli.segment", "pipelines.batch_segment", "run", True, True),
-    ("review",): ("segcli.review", "pipelines.review", "main", False, False),
-    ("report",): ("segcli.report", "pipelines.report", "main", False, True),
-    ("demo",): ("segcli.demo", "pipelines.demo", "main", False, True),
+    ("dataset", "coco"): Command("segcli.coco", "pipelines.coco_to_tfrecord", "run", beam_flags=True, uses_tf=False),
+    ("dataset", "masks"): Command("segcli.masks", "pipelines.masks_to_tfrecord", "run", beam_flags=True, uses_tf=False),
+    ("dataset", "labelstudio"): Command("segcli.labelstudio", "pipelines.labelstudio_to_tfrecord", "run",
+                                        beam_flags=True, uses_tf=False),
+    ("dataset", "raster"): Command("segcli.raster", "pipelines.raster_to_tfrecord", "run", beam_flags=True,
+                                   uses_tf=False),
+    ("train",): Command("segcli.train", "segmodel.train", "main", beam_flags=False, uses_tf=True),
+    ("evaluate",): Command("segcli.evaluate", "segmodel.evaluate", "main", beam_flags=False, uses_tf=True),
+    ("segment",): Command("segcli.segment", "pipelines.batch_segment", "run", beam_flags=True, uses_tf=True),
+    ("review",): Command("segcli.review", "pipelines.review", "main", beam_flags=False, uses_tf=False),
+    ("report",): Command("segcli.report", "pipelines.report", "main", beam_flags=False, uses_tf=True),
+    ("demo",): Command("segcli.demo", "pipelines.demo", "main", beam_flags=False, uses_tf=True),
 }
 
 
@@ -100,23 +109,23 @@ def main(argv=None) -> int:
     # Read by TensorFlow's C++ logging once it is initialised: 3 hides its INFO/WARNING/ERROR
     # lines, 0 shows them all.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")
-    for words, (flags_module, module, function, beam_flags, uses_tf) in COMMANDS.items():
+    for words, command_spec in COMMANDS.items():
         if tuple(argv[:len(words)]) != words:
             continue
         rest = argv[len(words):]
         # The flags are checked (and --help answered) before TensorFlow or Beam load: a typo
         # costs a fraction of a second, not five.
-        parser = importlib.import_module(flags_module).make_parser()
-        (parser.parse_known_args if beam_flags else parser.parse_args)(rest)
+        parser = importlib.import_module(command_spec.flags).make_parser()
+        (parser.parse_known_args if command_spec.beam_flags else parser.parse_args)(rest)
         import logging
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         command = "segpipe " + " ".join(words)
         sys.argv[0] = command
         try:
             with quiet_native_stderr(not verbose):
-                if uses_tf:  # loaded here so that its start-up notices stay hidden
+                if command_spec.uses_tf:  # loaded here so that its start-up notices stay hidden
                     importlib.import_module("tensorflow")
-                entry = getattr(importlib.import_module(module), function)
+                entry = getattr(importlib.import_module(command_spec.job), command_spec.entry)
             entry(rest)
         except Exception as error:
             # A missing file, an unreadable model folder, a malformed document, storage that keeps

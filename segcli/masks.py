@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 
+from segcli.pairing import WHOLE_STEM, key_regex_problems
 from segcli.splits import split_problems
 
 DESCRIPTION = "Image + label-mask pairs (KITTI road, CamVid, CVAT exports, label rasters) -> sharded segmentation TFRecords."
@@ -21,20 +21,15 @@ class MasksConfig:
     # (KITTI, CamVid) is converted once per split, each into its own folder.
     split: str = "train"
     num_shards: int = 0  # 0: about 128 MB per shard
-    # The whole file stem: a.jpg pairs with a.png, as most image+mask datasets name them.
-    image_key_regex: str = r"^(?P<key>.+)$"
-    mask_key_regex: str = r"^(?P<key>.+)$"
+    image_key_regex: str = WHOLE_STEM  # a.jpg pairs with a.png, as most image+mask datasets name them
+    mask_key_regex: str = WHOLE_STEM
     overwrite: bool = False
 
     def __post_init__(self):
         problems = split_problems(self.split, 0.0)
         if self.num_shards < 0:
             problems.append(f"num_shards must be 0 (automatic) or positive, got {self.num_shards}")
-        for name in ("image_key_regex", "mask_key_regex"):
-            try:
-                re.compile(getattr(self, name))
-            except re.error as error:
-                problems.append(f"{name} {getattr(self, name)!r} is not a regular expression: {error}")
+        problems += key_regex_problems(self, ("image_key_regex", "mask_key_regex"))
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from segcli.pairing import WHOLE_STEM, key_regex_problems
 from segcli.splits import split_problems
 
 DESCRIPTION = "GeoTIFF scenes + label rasters -> chips -> sharded segmentation TFRecords."
@@ -33,8 +34,8 @@ class RasterConfig:
     split: str = "train"
     val_fraction: float = 0.0
     num_shards: int = 0
-    scene_key_regex: str = r"^(?P<key>.+)$"
-    label_key_regex: str = r"^(?P<key>.+)$"
+    scene_key_regex: str = WHOLE_STEM  # a scene pairs with the label raster of the same file stem
+    label_key_regex: str = WHOLE_STEM
     overwrite: bool = False
 
     def __post_init__(self):
@@ -50,6 +51,7 @@ class RasterConfig:
         if not 0.0 <= self.min_labelled <= 1.0:
             problems.append(f"min_labelled must be in [0, 1], got {self.min_labelled}")
         problems += split_problems(self.split, self.val_fraction)
+        problems += key_regex_problems(self, ("scene_key_regex", "label_key_regex"))
         if problems:
             raise ValueError("; ".join(problems))
 

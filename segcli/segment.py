@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from segmodel.architectures import INFERENCE_PRECISIONS
+
 DESCRIPTION = "Batch segmentation: images or GeoTIFFs -> RunInference -> masks, summaries, COCO labels."
 
 
@@ -48,8 +50,8 @@ class SegmentConfig:
             problems.append("batch_size, batch_tiles and model_copies must be at least 1")
         if self.chunk_size < self.tile_size:
             problems.append(f"chunk_size ({self.chunk_size}) must be at least tile_size ({self.tile_size})")
-        if self.precision not in ("float32", "bfloat16"):
-            problems.append(f"precision must be float32 or bfloat16, got {self.precision!r}")
+        if self.precision not in INFERENCE_PRECISIONS:
+            problems.append(f"precision must be one of {INFERENCE_PRECISIONS}, got {self.precision!r}")
         if len(self.class_names) < 1:
             problems.append("the model has no classes")
         if problems:
@@ -74,7 +76,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bands", default=defaults["bands"], help="GeoTIFF bands as RGB, 1-based, e.g. 4,3,2")
     parser.add_argument("--chunk_size", type=int, default=defaults["chunk_size"],
                         help="largest side of a raster chunk (rasters are cut into a grid of chunks)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default=defaults["precision"],
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=defaults["precision"],
                         help="bfloat16: ~2x faster on CPUs with AVX512-BF16/AMX, a few pixels differ")
     parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
     parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/REL.jpg")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from segmodel import preprocess
+from segmodel.architectures import ARCHS, LAYOUTS
 
-ARCHS = ("fcn8s", "fcn16s", "fcn32s")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("poly", "cosine", "constant")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-LAYOUTS = ("nhwc", "nchw")
 SKIP_SCALINGS = ("paper", "none")
-NORMALIZATIONS = ("", "imagenet", "caffe")  # '': what the backbone weights expect (segmodel.preprocess)
+NORMALIZATIONS = ("",) + preprocess.NORMALIZATIONS  # '': what the backbone weights expect
 
 
 @dataclasses.dataclass(kw_only=True)

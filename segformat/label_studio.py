@@ -17,6 +17,8 @@ tests decode with ``label-studio-sdk``). Only repeat blocks are written: a class
 from __future__ import annotations
 
 import html
+import posixpath
+import urllib.parse
 
 import numpy as np
 
@@ -24,6 +26,27 @@ from segformat.masks import IGNORE_INDEX, background_index
 
 WORD_SIZE = 8
 RLE_SIZES = (3, 4, 8, 16)  # Label Studio's defaults: block lengths up to 8, 16, 256 and 65536
+# How Label Studio serves a file of its local-files storage (LOCAL_FILES_SERVING_ENABLED, the
+# path relative to LOCAL_FILES_DOCUMENT_ROOT follows ?d=).
+LOCAL_FILES_URL = "/data/local-files/?d="
+
+
+def image_url(path: str, prefix: str = "") -> str:
+    """What Label Studio loads the image from: prefix + file name, a gs:// URI as its Google Cloud
+    Storage source serves it, or a local file through its local-files storage."""
+    if prefix:
+        return prefix + posixpath.basename(path)
+    if "://" in path:
+        return path
+    return LOCAL_FILES_URL + path.lstrip("/")
+
+
+def image_file_name(url: str) -> str:
+    """A task's image URL (a local-files URL, gs://, http(s)://) -> the image's file name."""
+    parsed = urllib.parse.urlparse(url)
+    query = urllib.parse.parse_qs(parsed.query)
+    path = query["d"][0] if "d" in query else parsed.path
+    return posixpath.basename(urllib.parse.unquote(path))
 
 
 def encode_brush_rle(region: np.ndarray) -> list:

@@ -39,13 +39,23 @@ VOC_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "ca
              "train", "tvmonitor")
 
 
-class AnnotationError(ValueError):
-    """An annotation that cannot be rasterized; ``reason`` is a short snake_case key."""
+class InputError(ValueError):
+    """An input that cannot be used: ``reason`` is a short snake_case key (an error record's
+    ``reason`` and a counter's name), ``detail`` says what exactly."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class AnnotationError(InputError):
+    """An annotation that cannot be rasterized."""
+
+
+def fallback_class_name(index: int) -> str:
+    """The name of a class its table leaves unnamed: ``background`` for 0, else ``class_<index>``."""
+    return "background" if index == 0 else f"class_{index}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +344,7 @@ def build_class_table(categories: Sequence[dict], spec="all") -> ClassTable:
         for index in range(1, top + 1):
             members = sorted(cid for cid, i in mapping.items() if i == index)
             names.append("+".join(str(by_id[c].get("name", c)) if c in by_id else str(c) for c in members)
-                         or f"class_{index}")
+                         or fallback_class_name(index))
             ids.append(members[0] if len(members) == 1 else None)
         return ClassTable(mapping, tuple(names), tuple(ids), known)
     raise ValueError(f"--classes must be all, voc or a mapping, got {spec!r}")

@@ -21,7 +21,7 @@ import warnings
 import keras
 from keras import layers
 
-from segcli.train import ARCHS
+from segmodel.architectures import ARCHS, INFERENCE_PRECISIONS, LAYOUTS
 from segmodel.layers import BilinearInitializer, ChannelsFirst, CropLike, FromTorchvision, Normalize, PadToMultiple
 from segmodel.preprocess import normalization_for
 
@@ -183,7 +183,7 @@ def export_model(model: keras.Model, path: str, layout: str = "nhwc") -> keras.M
         scores = inference(FromTorchvision(name="from_torchvision")(pixels))
         exported = keras.Model(pixels, {"out": ChannelsFirst(name="out")(scores)}, name=f"{model.name}_nchw")
     else:
-        raise ValueError(f"layout must be nhwc or nchw, got {layout!r}")
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     from segmodel.exported import save_atomic
     save_atomic(exported, path)
     return exported
@@ -195,8 +195,8 @@ def with_precision(model: keras.Model, precision: str = "float32") -> keras.Mode
     float32 scores). On CPUs with AVX512-BF16 or AMX this runs the FCN ~2x faster."""
     if precision in ("float32", "", None):
         return model
-    if precision != "bfloat16":
-        raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
     config = model.get_config()
     outputs = {entry[0] for entry in _output_entries(config["output_layers"])}
     for layer in config["layers"]:

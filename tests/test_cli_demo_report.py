@@ -64,7 +64,7 @@ def test_settings_are_keyword_only_and_validated_with_clear_messages():
     from PIL import Image
 
     from segcli.coco import CocoConfig
-    from segcli.limits import DEFAULT_MAX_PIXELS
+    from segformat.limits import DEFAULT_MAX_PIXELS
     from segcli.segment import SegmentConfig
     from segcli.train import PRESETS, TrainConfig
     assert DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS  # the transcription of Pillow's limit

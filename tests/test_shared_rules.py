@@ -23,6 +23,24 @@ def test_the_split_rule_is_the_same_for_every_job(config):
             make(split=split, val_fraction=fraction)
 
 
+@pytest.mark.parametrize("config", ["pairs", "raster"])
+def test_the_pairing_rule_is_the_same_for_both_pairing_jobs(config):
+    """Both pair by the whole file stem unless told otherwise, and refuse a key rule that is not
+    a regular expression when the configuration is made, not at the first file."""
+    from segcli.masks import MasksConfig
+    from segcli.raster import RasterConfig
+    make, fields = {
+        "pairs": (lambda **kw: MasksConfig(images="i", masks="m", output_dir="o", mask_colors="c", **kw),
+                  ("image_key_regex", "mask_key_regex")),
+        "raster": (lambda **kw: RasterConfig(scenes="s", mask_colors="c", output_dir="o", labels="l", **kw),
+                   ("scene_key_regex", "label_key_regex"))}[config]
+    default = make()
+    for field in fields:
+        assert re.fullmatch(getattr(default, field), "um_000012").group("key") == "um_000012"
+        with pytest.raises(ValueError, match="not a regular expression"):
+            make(**{field: "^(unclosed"})
+
+
 def test_the_pairs_job_refuses_a_split_that_is_not_a_plain_name(tmp_path):
     from pipelines import masks_to_tfrecord
     (tmp_path / "colors.json").write_text(json.dumps({"colors": [{"color": [0], "index": 0}]}))

@@ -11,7 +11,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from segcli.limits import DEFAULT_MAX_PIXELS
+from segformat.limits import DEFAULT_MAX_PIXELS
+from segformat.masks import InputError
 
 try:
     from isal import isal_zlib as _deflate
@@ -21,13 +22,8 @@ except ImportError:  # a platform without isal wheels: the standard zlib, ~10x s
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 
 
-class ImageError(ValueError):
-    """An input image that cannot be used; ``reason`` is a short snake_case key."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class ImageError(InputError):
+    """An input image that cannot be used."""
 
 
 def join_under_root(root: str, relative: str) -> str:

@@ -117,6 +117,11 @@ def read_window(src, info: ImageInfo, row: int, col: int, height: int, width: in
     return data.astype(np.uint8), valid
 
 
+# The block size of every mask GeoTIFF written (parts, plain and COG): GDAL's COG default, and
+# the row height the merge of a raster's parts writes at once (segment.outputs.MERGE_ROWS).
+MASK_BLOCK = 256
+
+
 def write_png(path: str, mask: np.ndarray) -> None:
     from pipelines.common.storage import write_atomic
     write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
@@ -126,7 +131,7 @@ def mask_profile(info: ImageInfo) -> dict:
     from rasterio.transform import Affine
     return dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype="uint8",
                 crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=IGNORE_INDEX,
-                tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+                tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, compress="deflate")
 
 
 def write_plain_tiff(local: str, mask: np.ndarray) -> None:
@@ -137,7 +142,7 @@ def write_plain_tiff(local: str, mask: np.ndarray) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=1,
-                           dtype="uint8", tiled=True, blockxsize=256, blockysize=256, compress="deflate") as dst:
+                           dtype="uint8", tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, compress="deflate") as dst:
             dst.write(mask[None])
 
 
@@ -167,7 +172,7 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> s
     cog = os.path.join(workdir, "cog.tif")
     # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
     # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
-    rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=256)
+    rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK)
     from pipelines.common.storage import upload_atomic
     upload_atomic(cog, path, "image/tiff")
     return cog

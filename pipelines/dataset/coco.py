@@ -206,8 +206,9 @@ class CocoExampleFn(ConvertFilesFn):
         count("images_written")
         count("annotations_used", len(instances))
         yield beam.pvalue.TaggedOutput(STATS, stats)
-        yield split, str(image_id), RecordRef.of(path, data, fmt, height, width, image["file_name"], str(image_id),
-                                                 image_checks.encode_mask_png(mask))
+        yield split, str(image_id), RecordRef.of(
+            path, data, fmt=fmt, height=height, width=width, filename=image["file_name"], source_id=str(image_id),
+            mask_png=image_checks.encode_mask_png(mask))
 
 
 def build_records(p, annotations: str, config: CocoConfig, classes_spec) -> dict:

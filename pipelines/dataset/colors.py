@@ -11,7 +11,11 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common import images as image_checks
-from segformat.masks import IGNORE_INDEX, MAX_CLASSES
+from segformat.masks import IGNORE_INDEX, MAX_CLASSES, fallback_class_name
+
+
+# Pascal VOC's "void" colour: object boundaries and pixels nobody labels (255 in a class mask).
+VOC_VOID_COLOR = (224, 224, 192)
 
 
 def voc_color(index: int) -> tuple:
@@ -54,7 +58,7 @@ class ColorMap:
             raise ValueError("COLORS.json needs colors that are all RGB triples or all single values")
         top = max([i for _, i in colors if i != IGNORE_INDEX], default=0)
         names = list(doc.get("classes") or [])
-        names += [("background" if i == 0 else f"class_{i}") for i in range(len(names), top + 1)]
+        names += [fallback_class_name(i) for i in range(len(names), top + 1)]
         default = doc.get("default")
         return cls(tuple(colors), tuple(names), None if default is None else int(default))
 
@@ -74,8 +78,8 @@ class ColorMap:
             colors.append((tuple(int(v) for v in color.split(",")) if color else voc_color(index), index))
         if not names:
             raise ValueError("labelmap.txt holds no labels")
-        if (224, 224, 192) not in {c for c, _ in colors}:
-            colors.append(((224, 224, 192), IGNORE_INDEX))
+        if VOC_VOID_COLOR not in {c for c, _ in colors}:
+            colors.append((VOC_VOID_COLOR, IGNORE_INDEX))
         return cls(tuple(colors), tuple(names), None)
 
     def classes_json(self) -> dict:

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.common.runner import ERRORS, STATS, Progress, count, error_record
 from pipelines.common.storage import ReadAhead, commit_temp, temp_name, write_json, writing
-from segformat.masks import IGNORE_INDEX
+from segformat.masks import IGNORE_INDEX, fallback_class_name
 
 LOG = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def stats_document(counters: dict, class_names, extra=None) -> dict:
     per_class = {}
     for index_str, value in sorted(pixels.items(), key=lambda kv: int(kv[0])):
         index = int(index_str)
-        name = "ignore" if index == IGNORE_INDEX else (class_names[index] if index < len(class_names) else f"class_{index}")
+        name = "ignore" if index == IGNORE_INDEX else (class_names[index] if index < len(class_names) else fallback_class_name(index))
         per_class[name] = value
     doc = {
         "images_written": counters.get("images_written", 0),
@@ -134,9 +134,11 @@ class RecordRef(typing.NamedTuple):
     extra: tuple = ()  # more (key, text) features of the record (a raster chip's image/geo/* keys)
 
     @classmethod
-    def of(cls, path, data: bytes, fmt, height, width, filename, source_id, mask_png, extra=()) -> "RecordRef":
-        return cls(path, zlib.crc32(data), len(data), fmt, height, width, filename, source_id, mask_png,
-                   tuple(extra))
+    def of(cls, path: str, data: bytes, *, fmt: str, height: int, width: int, filename: str, source_id: str,
+           mask_png: bytes, extra=()) -> "RecordRef":
+        """The reference to the image file ``path`` whose bytes ``data`` were read and checked."""
+        return cls(path=path, crc32=zlib.crc32(data), size=len(data), fmt=fmt, height=height, width=width,
+                   filename=filename, source_id=source_id, mask_png=mask_png, extra=tuple(extra))
 
     @property
     def record_bytes(self) -> int:

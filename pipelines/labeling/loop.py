@@ -50,11 +50,11 @@ def record_file_names(data: str, split: str = "train") -> list:
 def label_studio_export(chosen: list, truths: dict, class_names) -> list:
     """The JSON export Label Studio gives after people corrected the chosen images: one
     annotation per task, brush regions of the true mask (segformat.label_studio's encoding)."""
-    from segformat.label_studio import brush_results
+    from segformat.label_studio import brush_results, image_url
     items = []
     for k, path in enumerate(chosen):
         mask = truths[os.path.basename(path)]
-        items.append({"id": k + 1, "data": {"image": "/data/local-files/?d=" + path.lstrip("/")},
+        items.append({"id": k + 1, "data": {"image": image_url(path)},
                       "annotations": [{"id": k + 1, "was_cancelled": False, "result": brush_results(mask, class_names),
                                        "updated_at": "2026-11-29T00:00:00Z"}]})
     return items

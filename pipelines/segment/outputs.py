@@ -30,8 +30,8 @@ from segformat.masks import IGNORE_INDEX, background_index
 from segmodel import tiling
 
 # Rows of the output GeoTIFF assembled at once when parts are merged: one block row of the
-# 256-pixel tiling, so each block is written once, whole (memory: 256 x width bytes).
-MERGE_ROWS = 256
+# masks' tiling, so each block is written once, whole (memory: 256 x width bytes).
+MERGE_ROWS = rasters.MASK_BLOCK
 # Column strips read to build a raster's COCO RLE (column-major): at most this many pixels at once.
 RLE_STRIP_PIXELS = 16 << 20
 # labels_coco.json annotation ids: image id x 256 + the annotation's place in its image's record

@@ -1,4 +1,4 @@
-"""Limits shared by every job that decodes an image."""
+"""Limits shared by every job that decodes an image (no imports: the command line reads them)."""
 
 # Pillow's own decompression-bomb threshold (PIL.Image.MAX_IMAGE_PIXELS, 89,478,485 px; Pillow
 # warns above it and refuses above twice it). We refuse above it: no real photo or label raster in
