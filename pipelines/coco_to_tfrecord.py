@@ -13,12 +13,10 @@ their image files a batch at a time. Categories (a few KB) are the only side inp
 from __future__ import annotations
 
 import logging
-import time
 
 from pipelines.common import storage
-from pipelines.common.runner import make_pipeline, run_and_summarize
 from pipelines.dataset.coco import build_pipeline, parse_classes
-from pipelines.dataset.writer import prepare_output_dir, refuse_output_among_inputs
+from pipelines.dataset.job import checked_config, run_dataset_job
 from segcli.coco import CocoConfig, make_parser
 
 
@@ -26,21 +24,15 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
     if not storage.exists(known.annotations):
         raise SystemExit(f"coco_to_tfrecord: --annotations {known.annotations} does not exist")
-    refuse_output_among_inputs("coco_to_tfrecord", known.output_dir, (f"{known.images.rstrip('/')}/*",),
-                               known.split)
-    try:
-        config = CocoConfig(images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
-                            val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels)
-    except ValueError as e:
-        raise SystemExit(f"segpipe dataset coco: {e}") from None
-    prepare_output_dir(known.output_dir, known.overwrite)
-    description = {"command": "segpipe dataset coco", "options": vars(known)}
-    started = time.time()
-    p = make_pipeline(beam_args, test_pipeline, save_main_session)
-    build_pipeline(p, known.annotations, config, parse_classes(known.classes), known.output_dir, known.num_shards,
-                   description=description)
-    return run_and_summarize(p, "coco_to_tfrecord", started, require=("images_written",), output_dir=known.output_dir)
-
+    config = checked_config("segpipe dataset coco", lambda: CocoConfig(
+        images_root=known.images, crowd=known.crowd, overlap=known.overlap, split=known.split,
+        val_fraction=known.val_fraction, max_image_pixels=known.max_image_pixels))
+    return run_dataset_job(
+        "coco_to_tfrecord", "segpipe dataset coco", vars(known), beam_args, output_dir=known.output_dir,
+        inputs=(f"{known.images.rstrip('/')}/*",), split=known.split, overwrite=known.overwrite,
+        build=lambda p, description: build_pipeline(p, known.annotations, config, parse_classes(known.classes),
+                                                    known.output_dir, known.num_shards, description=description),
+        test_pipeline=test_pipeline, save_main_session=save_main_session)
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.dataset.writer import WriteSegmentationDataset, prepare_output_dir, refuse_output_among_inputs
-from pipelines.common.runner import error_record, make_pipeline, run_and_summarize
+from pipelines.dataset.job import checked_config, run_dataset_job
+from pipelines.dataset.writer import WriteSegmentationDataset
+from pipelines.common.runner import error_record
 from pipelines.common.storage import write_json
 from segcli.coco import CocoConfig
 from segcli.labelstudio import make_parser
@@ -88,30 +88,29 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         items = json.loads(handle.read())
     if not isinstance(items, list):
         raise SystemExit(f"segpipe dataset labelstudio: {known.export} is not a Label Studio JSON export (a list of tasks)")
-    try:
-        config = CocoConfig(images_root=known.images, split=known.split, val_fraction=known.val_fraction)
-    except ValueError as e:
-        raise SystemExit(f"segpipe dataset labelstudio: {e}") from None
-    refuse_output_among_inputs("labelstudio_to_tfrecord", known.output_dir, (f"{known.images.rstrip('/')}/*",),
-                               known.split)
+    config = checked_config("segpipe dataset labelstudio", lambda: CocoConfig(
+        images_root=known.images, split=known.split, val_fraction=known.val_fraction))
     class_names = read_class_names(known.classes)
     coco, unused = export_to_coco(items, class_names, image_file_name)
-    prepare_output_dir(known.output_dir, known.overwrite)
     out = known.output_dir.rstrip("/")
-    # Written before the job runs, beside the dataset, where every worker (and a Dataflow template
-    # run later) reads it through Beam's filesystems.
-    write_json(f"{out}/{CONVERTED}", coco)
-    write_json(f"{out}/labelstudio_unused.json", [{"task": task, "reason": reason} for task, reason in unused])
-    started = time.time()
-    p = make_pipeline(beam_args, test_pipeline, save_main_session)
-    build_pipeline(p, f"{out}/{CONVERTED}", known.export, unused, config, class_names, known.output_dir,
-                   known.num_shards, description={"command": "segpipe dataset labelstudio", "options": vars(known)})
-    result = run_and_summarize(p, "labelstudio_to_tfrecord", started, require=("images_written",),
-                               output_dir=known.output_dir)
+
+    def stage_converted():
+        # Written before the job runs, beside the dataset, where every worker (and a Dataflow
+        # template run later) reads it through Beam's filesystems.
+        write_json(f"{out}/{CONVERTED}", coco)
+        write_json(f"{out}/labelstudio_unused.json", [{"task": task, "reason": reason} for task, reason in unused])
+
+    result = run_dataset_job(
+        "labelstudio_to_tfrecord", "segpipe dataset labelstudio", vars(known), beam_args, output_dir=known.output_dir,
+        inputs=(f"{known.images.rstrip('/')}/*",), split=known.split, overwrite=known.overwrite,
+        before_run=stage_converted,
+        build=lambda p, description: build_pipeline(p, f"{out}/{CONVERTED}", known.export, unused, config,
+                                                    class_names, known.output_dir, known.num_shards,
+                                                    description=description),
+        test_pipeline=test_pipeline, save_main_session=save_main_session)
     print(f"segpipe dataset labelstudio: {len(coco['images'])} tasks converted, {len(unused)} not used "
           f"(labelstudio_unused.json)", file=sys.stderr)
     return result
-
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

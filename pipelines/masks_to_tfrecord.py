@@ -21,16 +21,15 @@ from __future__ import annotations
 import io
 import logging
 import re
-import time
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
 
 from pipelines.common import images as image_checks
-from pipelines.dataset.writer import (ConvertFilesFn, RecordRef, WriteSegmentationDataset, pixel_stats,
-                                      prepare_output_dir, refuse_output_among_inputs, reject_image)
-from pipelines.common.runner import ERRORS, STATS, count, make_pipeline, run_and_summarize
+from pipelines.dataset.job import checked_config, run_dataset_job
+from pipelines.dataset.writer import ConvertFilesFn, RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
+from pipelines.common.runner import ERRORS, STATS, count
 from pipelines.common.storage import READ_AHEAD
 from pipelines.dataset.colors import ColorMap, load_color_map, pair_key
 from segcli.masks import MasksConfig, make_parser
@@ -146,20 +145,15 @@ def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    try:
-        config = MasksConfig(**vars(known))
-    except ValueError as e:
-        raise SystemExit(f"segpipe dataset masks: {e}") from None
+    config = checked_config("segpipe dataset masks", lambda: MasksConfig(**vars(known)))
     color_map = load_color_map(config.mask_colors)
-    refuse_output_among_inputs("masks_to_tfrecord", config.output_dir, (config.images, config.masks), config.split)
-    prepare_output_dir(config.output_dir, config.overwrite)
-    description = {"command": "segpipe dataset masks", "options": vars(known)}
-    started = time.time()
-    p = make_pipeline(beam_args, test_pipeline, save_main_session)
-    build_pipeline(p, config.images, config.masks, color_map, config.output_dir, config.split, config.num_shards,
-                   config.image_key_regex, config.mask_key_regex, description)
-    return run_and_summarize(p, "masks_to_tfrecord", started, require=("images_written",), output_dir=config.output_dir)
-
+    return run_dataset_job(
+        "masks_to_tfrecord", "segpipe dataset masks", vars(known), beam_args, output_dir=config.output_dir,
+        inputs=(config.images, config.masks), split=config.split, overwrite=config.overwrite,
+        build=lambda p, description: build_pipeline(
+            p, config.images, config.masks, color_map, config.output_dir, config.split, config.num_shards,
+            config.image_key_regex, config.mask_key_regex, description),
+        test_pipeline=test_pipeline, save_main_session=save_main_session)
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -37,7 +37,6 @@ import io
 import json
 import logging
 import re
-import time
 
 import apache_beam as beam
 import numpy as np
@@ -47,10 +46,10 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.common import images as image_checks
 from pipelines.common import rasters
 from pipelines.dataset.splits import split_for
-from pipelines.dataset.writer import (STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, prepare_output_dir,
-                                      refuse_output_among_inputs, reject_image)
+from pipelines.dataset.job import checked_config, run_dataset_job
+from pipelines.dataset.writer import STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
 from pipelines.dataset.colors import ColorMap, load_color_map, pair_key
-from pipelines.common.runner import ERRORS, STATS, count, error_record, make_pipeline, run_and_summarize
+from pipelines.common.runner import ERRORS, STATS, count, error_record
 from pipelines.common.storage import write_atomic, write_json
 from segcli.raster import RasterConfig, make_parser
 from segformat import records
@@ -362,20 +361,14 @@ def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=Non
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    try:
-        config = RasterConfig(**vars(known))
-    except ValueError as e:
-        raise SystemExit(f"segpipe dataset raster: {e}") from None
+    config = checked_config("segpipe dataset raster", lambda: RasterConfig(**vars(known)))
     color_map = load_color_map(config.mask_colors)
-    refuse_output_among_inputs("raster_to_tfrecord", config.output_dir,
-                               [p for p in (config.scenes, config.labels) if p], config.split)
-    prepare_output_dir(config.output_dir, config.overwrite)
-    started = time.time()
-    p = make_pipeline(beam_args, test_pipeline, save_main_session)
-    build_pipeline(p, config, color_map, description={"command": "segpipe dataset raster", "options": vars(known)})
     try:
-        return run_and_summarize(p, "raster_to_tfrecord", started, require=("images_written",),
-                                 output_dir=config.output_dir)
+        return run_dataset_job(
+            "raster_to_tfrecord", "segpipe dataset raster", vars(known), beam_args, output_dir=config.output_dir,
+            inputs=[p for p in (config.scenes, config.labels) if p], split=config.split, overwrite=config.overwrite,
+            build=lambda p, description: build_pipeline(p, config, color_map, description=description),
+            test_pipeline=test_pipeline, save_main_session=save_main_session)
     finally:
         chips = [m.path for m in FileSystems.match([f"{config.output_dir}/{STAGING}/chips/**"])[0].metadata_list]
         if chips:
@@ -383,7 +376,6 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         staging = f"{config.output_dir}/{STAGING}"
         if FileSystems.exists(staging) and not FileSystems.match([f"{staging}/**"])[0].metadata_list:
             FileSystems.delete([staging])  # the (local) folder the chips were in
-
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -60,13 +60,10 @@ def assert_chips_are(out, expected, count=12) -> dict:
     return records
 
 
-def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_labels):
-    scene, labels = scene_and_labels
-    out = tmp_path / "out"
-    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--labels", str(tmp_path / "labels/*.tif"),
-                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
-                            "--chip_size", "256", "--stride", "256", "--max_nodata", "0.5"])
-    records = read_records(str(out / "*.tfrecord"))
+def expected_chips(scene, labels, max_nodata=0.5):
+    """The 256-px chips at stride 256 read independently with rasterio: {chip id: (pixels, mask)}
+    for those kept (nodata share <= max_nodata, the label values mapped, 255 where either raster
+    is nodata), and how many were skipped."""
     with rasterio.open(scene) as src:
         height, width = src.height, src.width
         starts_r, starts_c = [0, 256, height - 256], [0, 256, 512, width - 256]
@@ -79,10 +76,21 @@ def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_l
                 values = labels[r:r + 256, c:c + 256]
                 mask = np.vectorize(lambda v: VALUES.get(int(v), 255))(values).astype(np.uint8)
                 mask[~scene_valid | (values == 0)] = 255
-                if (mask == 255).mean() > 0.5:
+                if (mask == 255).mean() > max_nodata:
                     skipped += 1
                     continue
                 expected_written[f"landsat/r{r:06d}_c{c:06d}"] = (pixels, mask)
+    return expected_written, skipped
+
+
+def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_labels):
+    scene, labels = scene_and_labels
+    out = tmp_path / "out"
+    raster_to_tfrecord.run(["--scenes", str(tmp_path / "scenes/*.tif"), "--labels", str(tmp_path / "labels/*.tif"),
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", str(out),
+                            "--chip_size", "256", "--stride", "256", "--max_nodata", "0.5"])
+    records = read_records(str(out / "*.tfrecord"))
+    expected_written, skipped = expected_chips(scene, labels)
     assert sorted(records) == sorted(expected_written) and skipped > 0
     import io
 
@@ -337,3 +345,51 @@ def test_polygon_validity_is_geos_s_bow_ties_self_touching_rings_and_a_20000_ver
     crossed[100], crossed[10100] = crossed[10100], crossed[100]  # two far vertices swapped: edges cross
     assert geometry_problem({"type": "Polygon", "coordinates": [crossed + crossed[:1]]}).startswith(
         "self_intersection")
+
+
+def test_the_raster_job_on_beams_test_pipeline(tmp_path, scene_and_labels):
+    """build_pipeline on Beam's TestPipeline with assert_that on the shards it writes, and run()
+    given a test_pipeline: the chips read independently with rasterio."""
+    import io
+
+    import apache_beam as beam
+    from PIL import Image
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.dataset.colors import load_color_map
+    from segcli.raster import RasterConfig
+    args = ["--scenes", str(tmp_path / "scenes/*.tif"), "--labels", str(tmp_path / "labels/*.tif"),
+            "--mask_colors", str(tmp_path / "colors.json"), "--chip_size", "256", "--stride", "256"]
+    scene, labels = scene_and_labels
+    reference, _ = expected_chips(scene, labels, max_nodata=0.5)  # the job's default --max_nodata
+    assert reference
+    config = RasterConfig(scenes=args[1], labels=args[3], mask_colors=args[5], output_dir=str(tmp_path / "tp"),
+                          chip_size=256, stride=256, num_shards=2)
+    with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
+        shards = raster_to_tfrecord.build_pipeline(p, config, load_color_map(config.mask_colors))
+        assert_that(shards | beam.Map(lambda s: s["file"]),
+                    equal_to(["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]), label="Files")
+        assert_that(shards | beam.Map(lambda s: s["examples"]) | beam.CombineGlobally(sum),
+                    equal_to([len(reference)]), label="Examples")
+    result = raster_to_tfrecord.run([*args, "--output_dir", str(tmp_path / "run")],
+                                    test_pipeline=TestPipeline(runner=fn_runner.FnApiRunner()))
+    assert result.state == "DONE"
+    records = read_records(str(tmp_path / "run/*.tfrecord"))
+    assert sorted(records) == sorted(reference)
+    for chip, (pixels, mask) in reference.items():
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(records[chip]["image/encoded"]))), pixels), chip
+        assert np.array_equal(records[chip]["mask"], mask), chip
+
+
+def test_the_raster_job_builds_as_a_dataflow_template(tmp_path, scene_and_labels, gcs_bucket):
+    from tests.helpers import dataflow_args, staged_pipeline_transforms, upload_tree
+    prefix = f"gs://{gcs_bucket}/raster-template"
+    upload_tree(tmp_path / "scenes", f"{prefix}/scenes")
+    upload_tree(tmp_path / "labels", f"{prefix}/labels")
+    raster_to_tfrecord.run(["--scenes", f"{prefix}/scenes/*.tif", "--labels", f"{prefix}/labels/*.tif",
+                            "--mask_colors", str(tmp_path / "colors.json"), "--output_dir", f"{prefix}/out",
+                            *dataflow_args(gcs_bucket, tmp_path)])
+    names = staged_pipeline_transforms(tmp_path / "template.json")
+    assert {"PairScenes", "PlanChips", "Chip", "WriteIndex", "WriteSegmentationDataset/WriteShards"} <= names

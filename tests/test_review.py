@@ -376,3 +376,36 @@ def test_the_label_studio_job_builds_as_a_dataflow_template(tmp_path, gcs_bucket
                                  *dataflow_args(gcs_bucket, tmp_path)])
     names = staged_pipeline_transforms(tmp_path / "template.json")
     assert {"StreamCoco", "BuildExamples", "UnusedTasks", "WriteSegmentationDataset/WriteShards"} <= names
+
+
+def test_the_label_studio_job_on_beams_test_pipeline(tmp_path):
+    """build_pipeline on Beam's TestPipeline with assert_that on the shards it writes and on the
+    error records (the cancelled task among them), and run() given a test_pipeline."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines import labelstudio_to_tfrecord
+    from segcli.coco import CocoConfig
+    from segformat.label_studio import export_to_coco, image_file_name
+    from tests.helpers import read_records
+    images, road = _small_export(tmp_path, "/data/local-files/?d=x")
+    items = json.loads((tmp_path / "export.json").read_text())
+    coco, unused = export_to_coco(items, list(NAMES), image_file_name)
+    (tmp_path / "converted.json").write_text(json.dumps(coco))
+    with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
+        shards = labelstudio_to_tfrecord.build_pipeline(
+            p, str(tmp_path / "converted.json"), "export.json", unused, CocoConfig(images_root=str(images)),
+            list(NAMES), str(tmp_path / "tp"), num_shards=1)
+        assert_that(shards | beam.Map(lambda s: (s["file"], s["examples"])),
+                    equal_to([("train-00000-of-00001.tfrecord", 1)]))
+    errors = [json.loads(line) for line in (tmp_path / "tp/errors.jsonl").read_text().splitlines()]
+    assert [(e["source"], e["reason"]) for e in errors] == [("export.json#task=2", "skipped")]
+    result = labelstudio_to_tfrecord.run(["--export", str(tmp_path / "export.json"), "--images", str(images),
+                                          "--classes", str(tmp_path / "classes.json"), "--output_dir",
+                                          str(tmp_path / "run")],
+                                         test_pipeline=TestPipeline(runner=fn_runner.FnApiRunner()))
+    assert result.state == "DONE"
+    (record,) = read_records(str(tmp_path / "run/*.tfrecord")).values()
+    assert np.array_equal(record["mask"], road.astype(np.uint8))
