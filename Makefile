@@ -15,12 +15,13 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(PY) -m pipelines.demo --output_dir demo_output
 
+# Two pytest workers (pytest-xdist): the tests that share the trained model stay on one of them.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # Everything but the tests marked slow (training, whole pipelines on real models): about two minutes.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 # Fuzzing with new draws and a larger budget than CI's fixed one (tests/test_fuzz.py): N examples
 # per property (N/20 whole COCO jobs, N/10 command lines). N=10000: about a quarter of an hour.

@@ -43,7 +43,7 @@ setuptools.setup(
         "vectors": ["fiona>=1.9,<2"],
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
-        "test": ["pytest>=8,<10", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
                  # fuzzing (tests/test_fuzz.py)
                  "hypothesis>=6.100,<7",
                  # Label Studio's own brush-RLE decoder checks the pre-labels segpipe review writes

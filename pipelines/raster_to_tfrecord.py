@@ -47,7 +47,8 @@ from pipelines.common import images as image_checks
 from pipelines.common import rasters
 from pipelines.dataset.splits import split_for
 from pipelines.dataset.job import checked_config, run_dataset_job
-from pipelines.dataset.writer import STAGING, RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
+from pipelines.dataset.commit import STAGING
+from pipelines.dataset.writer import RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
 from pipelines.dataset.colors import ColorMap, load_color_map, pair_key
 from pipelines.common.runner import ERRORS, STATS, count, error_record
 from pipelines.common.storage import write_atomic, write_json

@@ -25,6 +25,11 @@ GEO_CRS = "image/geo/crs"
 GEO_WINDOW = "image/geo/window"
 GEO_TRANSFORM = "image/geo/transform"
 
+# A dataset folder's manifest (docs/datasets.md), written last by the dataset jobs: the list of a
+# complete dataset's shards with their sizes and CRC-32C; training reads only what it lists.
+MANIFEST = "dataset.json"
+MANIFEST_FORMAT = "segpipe-dataset/1"
+
 
 def _varint(value: int) -> bytes:
     if value < 0:  # int64 negatives are ten-byte two's complement varints

@@ -7,13 +7,11 @@ import logging
 import tensorflow as tf
 
 from segmodel import preprocess
+from segformat.records import MANIFEST
 from segmodel.features import decode_record, decode_record_window
 
 LOG = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-MANIFEST = "dataset.json"  # written last by the dataset jobs: the list of a complete dataset's shards
 
 
 class DatasetError(ValueError):

@@ -119,3 +119,11 @@ def trained_model(demo_dataset, tmp_path_factory):
                           "--val_data", str(demo_dataset / "val-*.tfrecord"),
                           "--model_dir", str(model_dir), "--config", "tiny", "--epochs", "45"])
     return model_dir, history
+
+
+def pytest_collection_modifyitems(config, items):
+    """With ``-n 2 --dist loadgroup`` (``make test``), the tests that share the trained model run
+    on one worker, so the model is trained once (about two minutes), not once per worker."""
+    for item in items:
+        if "trained_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained_model"))

@@ -59,3 +59,95 @@ def test_a_killed_runs_temporaries_are_removed_and_nothing_else(tmp_path):
     assert remove_stale_temporaries(str(tmp_path)) == 3
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert remove_stale_temporaries(str(tmp_path / "missing")) == 0
+
+
+class Failing(OSError):
+    pass
+
+
+def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    import json
+    path = tmp_path / "out" / "stats.json"
+    path.parent.mkdir()
+    path.write_text("old")
+    storage.write_json(str(path), {"images": 3, "name": "a"})
+    assert json.loads(path.read_text()) == {"images": 3, "name": "a"} and path.read_text().endswith("}\n")
+    assert path.read_text() == '{\n  "images": 3,\n  "name": "a"\n}\n'  # indented, keys in order
+    assert sorted(p.name for p in path.parent.iterdir()) == ["stats.json"]
+    source = tmp_path / "local.bin"
+    source.write_bytes(b"\x00\x01" * 1000)
+    storage.upload_atomic(str(source), str(tmp_path / "out" / "copy.bin"))
+    assert (tmp_path / "out" / "copy.bin").read_bytes() == b"\x00\x01" * 1000
+    assert sorted(p.name for p in path.parent.iterdir()) == ["copy.bin", "stats.json"]
+
+
+def test_temporary_names_are_unique_siblings_that_the_stale_sweep_finds(tmp_path):
+    path = str(tmp_path / "a.png")
+    first, second = storage.temp_name(path), storage.temp_name(path)
+    assert first != second and first.startswith(path + ".tmp-") and len(first) == len(path) + 5 + 32
+    (tmp_path / first.rsplit("/", 1)[1]).write_bytes(b"x")
+    assert storage.remove_stale_temporaries(str(tmp_path)) == 1
+
+
+def test_a_write_that_fails_names_the_object_and_removes_its_temporary(tmp_path, monkeypatch):
+    import pytest
+    from apache_beam.io.filesystems import FileSystems
+    path = str(tmp_path / "mask.png")
+
+    def failing_rename(sources, targets):
+        raise Failing("disk gone")
+    monkeypatch.setattr(FileSystems, "rename", failing_rename)
+    with pytest.raises(storage.StorageError, match=rf"^could not write {path}: Failing: disk gone$") as raised:
+        storage.write_atomic(path, b"png bytes")
+    assert isinstance(raised.value.__cause__, Failing)
+    assert list(tmp_path.iterdir()) == []  # the temporary was written, then deleted
+
+
+def test_a_domain_error_inside_a_write_is_not_a_storage_error(tmp_path):
+    import pytest
+    temp = tmp_path / "x.tmp-1"
+    temp.write_bytes(b"half")
+    with pytest.raises(KeyError):
+        with storage.writing(str(tmp_path / "x"), str(temp)):
+            raise KeyError("a bug, not storage")
+    assert not temp.exists()  # still cleaned up
+    with pytest.raises(storage.StorageError, match="could not write .*/y: Failing: full"):
+        with storage.writing(str(tmp_path / "y")):
+            raise Failing("full")
+    first = storage.StorageError("could not write z: first")
+    with pytest.raises(storage.StorageError) as raised:  # already named: passed on unchanged
+        with storage.writing(str(tmp_path / "w")):
+            raise first
+    assert raised.value is first
+
+
+def test_a_read_that_fails_names_the_object(tmp_path):
+    import pytest
+    assert storage.exists(str(tmp_path)) and not storage.exists(str(tmp_path / "missing"))
+    with pytest.raises(storage.StorageError, match=r"^could not read gs://b/a.json: Failing: reset$"):
+        with storage.reading("gs://b/a.json"):
+            raise Failing("reset")
+    with pytest.raises(ValueError, match="^not storage$"):
+        with storage.reading("gs://b/a.json"):
+            raise ValueError("not storage")
+    data, error = storage.read_file(str(tmp_path / "missing"))
+    assert data is None and isinstance(error, OSError)
+
+
+def test_storage_failures_are_oserrors_google_errors_and_crashes_inside_the_storage_clients():
+    from google.api_core import exceptions as google_errors
+    assert storage.is_storage_failure(OSError("x")) and storage.is_storage_failure(google_errors.ServiceUnavailable("x"))
+    assert not storage.is_storage_failure(ValueError("x")) and not storage.is_storage_failure(AttributeError("x"))
+
+    def raise_inside(module_name):
+        namespace = {"__name__": module_name}
+        exec("def crash():\n    return None.status_code\n", namespace)
+        try:
+            namespace["crash"]()
+        except AttributeError as error:
+            return error
+    assert storage.is_storage_failure(raise_inside("apache_beam.io.gcp.gcsio"))
+    assert storage.is_storage_failure(raise_inside("google.cloud.storage.batch"))
+    assert not storage.is_storage_failure(raise_inside("pipelines.segment.outputs"))
+    assert not storage.is_storage_failure(raise_inside("apache_beam.io.gcp.gcsiox"))
+    assert not storage.is_storage_failure(raise_inside("googlex"))

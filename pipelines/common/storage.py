@@ -74,7 +74,7 @@ class StorageError(OSError):
 # Modules whose own crashes are storage failures: Beam's gs:// client turns a batch request that
 # failed for good as a whole (every retry answered 503) into an AttributeError on the missing
 # response (apache-beam 2.77, gcsio.copy_batch: ``responses[i]`` stays None) instead of an error.
-STORAGE_CLIENT_MODULES = ("apache_beam.io.gcp.gcsio", "apache_beam.io.gcp.gcsfilesystem", "google.")
+STORAGE_CLIENT_MODULES = ("apache_beam.io.gcp.gcsio", "apache_beam.io.gcp.gcsfilesystem", "google")
 
 
 def is_storage_failure(error: BaseException) -> bool:
@@ -85,7 +85,8 @@ def is_storage_failure(error: BaseException) -> bool:
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
-    return frame is not None and frame.tb_frame.f_globals.get("__name__", "").startswith(STORAGE_CLIENT_MODULES)
+    module = frame.tb_frame.f_globals.get("__name__", "") if frame is not None else ""
+    return any(module == name or module.startswith(name + ".") for name in STORAGE_CLIENT_MODULES)
 
 
 @contextlib.contextmanager

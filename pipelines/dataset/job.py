@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from pipelines.common.runner import make_pipeline, run_and_summarize
-from pipelines.dataset.writer import prepare_output_dir, refuse_output_among_inputs
+from pipelines.dataset.commit import prepare_output_dir
+from pipelines.dataset.writer import refuse_output_among_inputs
 
 
 def checked_config(command: str, make):
