@@ -45,7 +45,7 @@ bench: $(STAMP)
 # Mutation testing of the pure modules (setup.cfg [mutmut]) against their fast unit tests; prints
 # the score per module and exits non-zero below 85 %. Not part of `make test` (minutes).
 mutate: $(STAMP)
-	$(PY) -m pip install --quiet "mutmut>=3.3,<4"
+	$(PY) -m pip install --quiet "mutmut>=3.8,<4"
 	SEGPIPE_TESTDATA=$(abspath ../shared/testdata) $(VENV)/bin/mutmut run --max-children 2 || true
 	$(PY) bench/mutation_score.py
 

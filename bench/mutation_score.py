@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = configparser.ConfigParser()
     config.read(os.path.join(ROOT, "setup.cfg"))
-    modules = [p.strip()[:-3].replace("/", ".") for p in config["mutmut"]["paths_to_mutate"].split() if p.strip()]
+    modules = [p.strip()[:-3].replace("/", ".") for p in config["mutmut"]["only_mutate"].split() if p.strip()]
     out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     counts = collections.defaultdict(collections.Counter)

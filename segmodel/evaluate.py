@@ -9,8 +9,11 @@ import logging
 import sys
 
 import numpy as np
+import tensorflow as tf
 
 from segcli.evaluate import make_parser
+from segmodel import dataset, metrics, road_metrics
+from segmodel.exported import as_nhwc, class_names, load_exported, model_files
 
 LOG = logging.getLogger(__name__)
 
@@ -18,9 +21,7 @@ LOG = logging.getLogger(__name__)
 def load_model(model: str):
     """The exported model (a MODEL folder or .keras file, local or remote) and its class names
     (None when classes.json is missing)."""
-    import tensorflow as tf
 
-    from segmodel.exported import class_names, load_exported, model_files
     names = list(class_names(model)) if tf.io.gfile.exists(model_files(model)[1]) else None
     return load_exported(model), names
 
@@ -43,8 +44,6 @@ def evaluate(model, data: str, class_names=None, split: str = "val", positive_cl
     """The FCN paper's metrics, per-class IoU, precision, recall and F1 (metrics.scores) and, for
     a road class (``positive_class``, or the second class of a two-class model), the KITTI road
     benchmark's MaxF, AP and operating point with the two rubric rates (segmodel.road_metrics)."""
-    from segmodel import dataset, metrics, road_metrics
-    from segmodel.exported import as_nhwc
     model = as_nhwc(model)  # a torchvision-style export scores through the network it wraps
     num_classes = len(class_names) if class_names else int(model.outputs[0].shape[-1])
     names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -75,7 +74,6 @@ def evaluate(model, data: str, class_names=None, split: str = "val", positive_cl
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = make_parser().parse_args(argv)
-    import tensorflow as tf
     model, names = load_model(args.model)
     result = evaluate(model, args.data, names, args.split, args.positive_class)
     with tf.io.gfile.GFile(args.output, "w") as handle:

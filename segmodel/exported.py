@@ -13,6 +13,10 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
+
+import keras
+import tensorflow as tf
 
 
 def model_files(model: str) -> tuple:
@@ -27,9 +31,7 @@ def save_atomic(model, path: str) -> None:
     """Saves a Keras model to ``path`` (a .keras file, local or remote) under a temporary name
     first and renames it into place: a process killed mid-save leaves the previous file (or
     none), never a truncated archive that a reader or a resumed run would fail on."""
-    import uuid
 
-    import tensorflow as tf
     temp = f"{path[:-len('.keras')]}.tmp-{uuid.uuid4().hex}.keras"
     folder = path.rsplit("/", 1)[0] if "/" in path else ""
     if folder and not tf.io.gfile.exists(folder):
@@ -43,14 +45,12 @@ def save_atomic(model, path: str) -> None:
 
 
 def _gfile_open(path: str):
-    import tensorflow as tf
     return tf.io.gfile.GFile(path, "rb")
 
 
 def as_nhwc(model):
     """The project's interface (RGB 0..255 [N, H, W, 3] -> scores [N, H, W, C]) of an exported
     model: the model itself, or for a torchvision-style ``nchw`` export the network it wraps."""
-    import keras
     if isinstance(model.output, dict) and model.inputs[0].shape[1] == 3:
         inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
         if len(inner) == 1:
@@ -73,7 +73,6 @@ def register_custom_objects() -> None:
 
 
 def _load(model: str, opener=None):
-    import keras
 
     register_custom_objects()
     path, _ = model_files(model)

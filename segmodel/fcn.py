@@ -19,9 +19,12 @@ import logging
 import warnings
 
 import keras
+import numpy as np
 from keras import layers
+from keras.applications import VGG16
 
 from segmodel.architectures import ARCHS, INFERENCE_PRECISIONS, LAYOUTS
+from segmodel.exported import save_atomic
 from segmodel.layers import BilinearInitializer, ChannelsFirst, CropLike, FromTorchvision, Normalize, PadToMultiple
 from segmodel.preprocess import normalization_for
 
@@ -107,7 +110,6 @@ def build_fcn(arch: str = "fcn8s", num_classes: int = 21, *, width: float = 1.0,
 def _keras_vgg16(weights: str):
     """Keras's own VGG16 with ``weights`` ("imagenet" or a file), with the classifier if the
     weights have it (so fc6/fc7 can start from it, as in the paper), else without."""
-    from keras.applications import VGG16
     if weights == "imagenet":
         # Keras downloads (once, into ~/.keras/models, hash-checked) the classifier weights.
         return VGG16(include_top=True, weights="imagenet")
@@ -134,7 +136,6 @@ def transfer_vgg16_weights(source: keras.Model, model: keras.Model) -> list:
     """Copies conv weights from Keras's VGG16 into the FCN by layer name, and fc1/fc2 into fc6/fc7
     reshaped as convolutions (Keras flattens pool5 in H, W, C order, which is the 7x7x512 kernel
     order). Returns the names of the FCN layers that were loaded."""
-    import numpy as np
     loaded = []
     for block, (_, convs) in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, convs + 1):
@@ -184,7 +185,6 @@ def export_model(model: keras.Model, path: str, layout: str = "nhwc") -> keras.M
         exported = keras.Model(pixels, {"out": ChannelsFirst(name="out")(scores)}, name=f"{model.name}_nchw")
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    from segmodel.exported import save_atomic
     save_atomic(exported, path)
     return exported
 

@@ -2,12 +2,13 @@
 which the dataset pipelines use without TensorFlow)."""
 from __future__ import annotations
 
+import tensorflow as tf
+
 from segformat.records import (IMAGE_ENCODED, IMAGE_FILENAME, IMAGE_FORMAT, IMAGE_HEIGHT,  # noqa: F401
                                IMAGE_SOURCE_ID, IMAGE_WIDTH, MASK_ENCODED, MASK_FORMAT)
 
 
 def feature_spec():
-    import tensorflow as tf
     return {
         IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string),
         IMAGE_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="jpeg"),
@@ -22,7 +23,6 @@ def feature_spec():
 
 def _assert_size(actual, size):
     """The decoded image's [height, width] must be the record's image/height, image/width."""
-    import tensorflow as tf
     tf.debugging.assert_equal(tf.cast(actual, tf.int64), tf.cast(size, tf.int64),
                               message="image size differs from image/height, image/width")
 
@@ -30,7 +30,6 @@ def _assert_size(actual, size):
 def decode_record(serialized):
     """Serialized Example -> (image uint8 [H, W, 3], mask uint8 [H, W, 1]) tensors, decoded
     whole with the accurate IDCT (evaluation and prediction; training uses decode_record_window)."""
-    import tensorflow as tf
     parsed = tf.io.parse_single_example(serialized, feature_spec())
     image = tf.ensure_shape(tf.io.decode_image(parsed[IMAGE_ENCODED], channels=3, expand_animations=False),
                             [None, None, 3])
@@ -48,7 +47,6 @@ def decode_record_window(serialized, window_fn):
     fast integer IDCT (pixel values differ from the accurate one by a level or two, which is
     fine for augmented training crops); PNG images and the mask are decoded whole and sliced.
     """
-    import tensorflow as tf
     parsed = tf.io.parse_single_example(serialized, feature_spec())
     encoded = parsed[IMAGE_ENCODED]
     size = tf.cast(tf.stack([parsed[IMAGE_HEIGHT], parsed[IMAGE_WIDTH]]), tf.int32)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from segformat.masks import IGNORE_INDEX
@@ -44,8 +46,6 @@ class MaskedCrossEntropy(keras.losses.Loss):
 def class_weights_from_stats(stats_path: str, num_classes: int, power: float = 0.5) -> list:
     """Inverse-frequency class weights from a dataset's stats.json, ``(median_freq / freq) ** power``
     (power 0.5 damps the extreme weights plain median-frequency balancing gives rare classes)."""
-    import numpy as np
-    import tensorflow as tf
     with tf.io.gfile.GFile(stats_path) as handle:
         stats = json.load(handle)
     with tf.io.gfile.GFile(stats_path.rsplit("/", 1)[0] + "/classes.json") as handle:

@@ -20,6 +20,9 @@ statistics. In between:
 
 The result equals a whole-image blend of the image's global tile grid (up to float32 rounding
 in the order of the additions), whichever chunks the image is cut into.
+
+TensorFlow is imported inside the methods that compute: a batch job's launcher plans its chunks
+with ``Geometry`` and ``expected_tiles`` (NumPy) before any model is loaded.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ RGB pixels 0..255 and cannot get it wrong. Two conventions:
   it is used whenever those weights are loaded (``--backbone_weights imagenet`` or a file).
 
 Masks are only ever resized with nearest neighbour and padded with 255 (ignore).
+
+TensorFlow and Keras are imported inside the transforms: the command line reads this module's
+constants (``NORMALIZATIONS``) and ``normalization_for`` without loading them.
 """
 from __future__ import annotations
 

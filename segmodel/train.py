@@ -12,19 +12,27 @@ machines. MODEL/ gets: ``backup/`` (every epoch; a re-run resumes from it after 
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
 import sys
 
+import keras
+import tensorflow as tf
+
 from segcli.train import config_from_args, make_parser
+from segmodel import dataset, fcn
+from segmodel.exported import register_custom_objects, save_atomic
+from segmodel.losses import MaskedCrossEntropy, class_weights_from_stats
+from segmodel.metrics import ConfusionMatrixMetric
 
 LOG = logging.getLogger(__name__)
 
 
 def make_strategy():
-    import tensorflow as tf
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     if sum(len(v) for v in tf_config.get("cluster", {}).values()) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -39,8 +47,6 @@ def is_chief() -> bool:
 
 
 def set_precision(policy: str) -> str:
-    import keras
-    import tensorflow as tf
     if policy == "auto":
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
     keras.mixed_precision.set_dtype_policy(policy)
@@ -49,7 +55,6 @@ def set_precision(policy: str) -> str:
 
 def build_model(config, num_classes: int):
     """The FCN a TrainConfig describes (untrained but for the backbone weights it names)."""
-    from segmodel import fcn
     return fcn.build_fcn(config.arch, num_classes, width=config.width, fc_units=config.fc_units,
                          dropout=config.dropout, batch_norm=config.batch_norm,
                          skip_scales=(0.01, 0.0001) if config.skip_scaling == "paper" else (1.0, 1.0),
@@ -57,7 +62,6 @@ def build_model(config, num_classes: int):
 
 
 def make_optimizer(config, total_steps: int):
-    import keras
     lr = config.learning_rate
     if config.schedule == "poly":
         lr = keras.optimizers.schedules.PolynomialDecay(lr, max(total_steps, 1), end_learning_rate=0.0, power=0.9)
@@ -76,7 +80,6 @@ def make_optimizer(config, total_steps: int):
 def step_budget(max_steps: int):
     """A Keras callback that stops training once the optimizer has taken ``max_steps`` steps
     (counted across resumes, since the optimizer's iteration count is checkpointed)."""
-    import keras
 
     class StepBudget(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -89,9 +92,7 @@ def step_budget(max_steps: int):
 def keep_best(path: str, metric: str, threshold):
     """A Keras callback saving the model to ``path`` whenever ``metric`` beats its best so far
     (starting from ``threshold``, the best logged before a resume), atomically (save_atomic)."""
-    import keras
 
-    from segmodel.exported import save_atomic
 
     class KeepBest(keras.callbacks.Callback):
         best = threshold
@@ -108,10 +109,7 @@ def keep_best(path: str, metric: str, threshold):
 def trim_history(history_csv: str, backup_dir: str) -> None:
     """Drops the rows of history.csv for epochs the backup does not hold (logged, then killed
     before the backup was saved): the resumed run trains and logs them again, once."""
-    import csv
-    import io
 
-    import tensorflow as tf
     metadata = f"{backup_dir}/training_metadata.json"
     if not (tf.io.gfile.exists(history_csv) and tf.io.gfile.exists(metadata)):
         return
@@ -134,9 +132,7 @@ def trim_history(history_csv: str, backup_dir: str) -> None:
 
 def best_logged(history_csv: str, metric: str):
     """The best (highest) value of ``metric`` in a CSVLogger file, or None."""
-    import csv
 
-    import tensorflow as tf
     if not tf.io.gfile.exists(history_csv):
         return None
     with tf.io.gfile.GFile(history_csv) as handle:
@@ -145,13 +141,7 @@ def best_logged(history_csv: str, metric: str):
 
 
 def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=(), progress: int = 2) -> dict:
-    import keras
-    import tensorflow as tf
 
-    from segmodel.exported import register_custom_objects
-    from segmodel import dataset, fcn
-    from segmodel.losses import MaskedCrossEntropy, class_weights_from_stats
-    from segmodel.metrics import ConfusionMatrixMetric
 
     register_custom_objects()  # best.keras is loaded back at the end
     keras.utils.set_random_seed(config.seed)

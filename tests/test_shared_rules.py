@@ -95,9 +95,12 @@ def test_build_fcn_refuses_a_normalisation_the_loaded_weights_do_not_expect(tmp_
                       backbone_weights=str(tmp_path / "vgg16.weights.h5"))
 
 
-def test_importing_segmodel_tiling_loads_neither_tensorflow_nor_keras():
+def test_importing_segmodel_s_light_modules_loads_neither_tensorflow_nor_keras():
+    """The modules segmodel's docstring names as light (the dataset jobs, the command line and a
+    batch job's launcher import them)."""
     import subprocess
     import sys
-    code = "import sys, segmodel.tiling; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    code = ("import sys, segmodel.tiling, segmodel.architectures, segmodel.preprocess, segmodel.predict; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
