@@ -147,7 +147,7 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig):
                     | "WriteRecords" >> beam.io.WriteToText(f"{out}/.records/records", file_name_suffix=".jsonl"))
     _ = (p | "AssembleTrigger" >> beam.Create([None])
          | "Assemble" >> beam.Map(outputs.assemble_outputs, beam.pvalue.AsList(record_files), out,
-                                  config.class_names))
+                                  config.class_names, config.model_version))
     _ = (segmented["errors"]
          | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
          | "WriteErrors" >> beam.io.WriteToText(f"{out}/errors", file_name_suffix=".jsonl", num_shards=1,
@@ -157,14 +157,17 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig):
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    from segmodel.exported import class_names
+    from segmodel.exported import class_names, model_files, model_version
     names = class_names(known.model, FileSystems.open)
+    keras_file = FileSystems.match([model_files(known.model)[0]])[0].metadata_list
+    version = model_version(known.model, FileSystems.open, keras_file[0].last_updated_in_seconds if keras_file else None)
     if image_checks.output_inside_input(known.output_dir, known.input):
         raise SystemExit(f"segpipe segment: --output_dir {known.output_dir} lies where --input {known.input} "
                          "matches: a re-run would segment its own masks; choose an output folder outside it")
     options = {k: v for k, v in vars(known).items() if k != "input"}
     try:
-        config = SegmentConfig(**dict(options, output_dir=known.output_dir.rstrip("/"), class_names=names))
+        config = SegmentConfig(**dict(options, output_dir=known.output_dir.rstrip("/"), class_names=names,
+                                      model_version=version))
     except ValueError as e:
         raise SystemExit(f"segpipe segment: {e}") from None
     if remove_stale_temporaries(config.output_dir):

@@ -93,9 +93,12 @@ def build_batch(config: ReviewConfig) -> dict:
         records = [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
     with FileSystems.open(f"{seg}/labels_coco.json") as handle:
         coco = json.loads(handle.read())
+    version = config.model_version
     if FileSystems.exists(f"{seg}/classes.json"):
         with FileSystems.open(f"{seg}/classes.json") as handle:
-            class_names = [c["name"] for c in sorted(json.loads(handle.read())["classes"], key=lambda c: c["index"])]
+            table = json.loads(handle.read())
+        class_names = [c["name"] for c in sorted(table["classes"], key=lambda c: c["index"])]
+        version = version or table.get("model_version", "")
     else:  # a folder segmented before classes.json was written beside the masks
         class_names = ["background"] + [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     excluded = set()
@@ -110,7 +113,7 @@ def build_batch(config: ReviewConfig) -> dict:
             mask = np.asarray(Image.open(io.BytesIO(handle.read())))
         masks[posixpath.splitext(posixpath.basename(record["input"]))[0]] = mask
         tasks.append(label_studio.task(label_studio.image_url(record["input"], config.image_url_prefix), mask, class_names,
-                                       record["mean_confidence"], config.model_version or seg,
+                                       record["mean_confidence"], version or seg,
                                        meta={"review_priority": record["review_priority"]}))
     names = {posixpath.basename(r["input"]) for r in chosen} | {r.get("file_name") for r in chosen}
     images = [i for i in coco["images"] if i["file_name"] in names]

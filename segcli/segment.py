@@ -15,6 +15,9 @@ class SegmentConfig:
     model: str
     output_dir: str
     class_names: tuple
+    # NAME@DATE-HASH of model.keras (segmodel.exported.model_version), filled in at launch:
+    # written to OUT/classes.json, where segpipe review takes the pre-labels' model_version from.
+    model_version: str = ""
     # The training crop size: the net sees the context it was trained on.
     tile_size: int = 512
     # Pixels neighbouring tiles share, blended away; None: min(64, tile_size // 4), two fc7

@@ -97,3 +97,21 @@ def read_classes(model: str, opener=None) -> dict:
 
 def class_names(model: str, opener=None) -> tuple:
     return tuple(c["name"] for c in read_classes(model, opener)["classes"])
+
+
+def model_version(model: str, opener=None, modified=None) -> str:
+    """What a person reads beside a machine label: ``NAME@DATE-HASH``, the model folder's name (or
+    the .keras file's stem), the day ``model.keras`` was written (UTC, ``modified``: its POSIX
+    time, when the storage knows it) and the first 8 hex digits of its SHA-256: a retrained model
+    in the same folder reads differently, the same file reads the same anywhere."""
+    import datetime
+    import hashlib
+    path, _ = model_files(model)
+    digest = hashlib.sha256()
+    with (opener or _gfile_open)(path) as handle:
+        while chunk := handle.read(16 << 20):
+            digest.update(chunk)
+    name = os.path.splitext(os.path.basename(path))[0] if model.endswith(".keras") else \
+        os.path.basename(model.rstrip("/"))
+    day = datetime.datetime.fromtimestamp(modified, datetime.timezone.utc).strftime("%Y-%m-%d") if modified else ""
+    return f"{name}@{day + '-' if day else ''}{digest.hexdigest()[:8]}"

@@ -409,3 +409,42 @@ def test_the_label_studio_job_on_beams_test_pipeline(tmp_path):
     assert result.state == "DONE"
     (record,) = read_records(str(tmp_path / "run/*.tfrecord")).values()
     assert np.array_equal(record["mask"], road.astype(np.uint8))
+
+
+def test_the_labeling_palette_contrasts_with_grey_ground_and_keeps_classes_apart():
+    """The colours a labeller sees in Label Studio and CVAT (and in the overlays and the report):
+    every class but background saturated (HSV saturation >= 0.5, not grey like a road), and any
+    two of the first twelve at least 80 apart in RGB."""
+    import colorsys
+    import itertools
+
+    from pipelines.common.palette import palette
+    colors = palette()[1:12].astype(float)
+    saturation = [colorsys.rgb_to_hsv(*(c / 255))[1] for c in colors]
+    assert min(saturation) >= 0.5, saturation
+    distance = min(np.linalg.norm(a - b) for a, b in itertools.combinations(colors, 2))
+    assert distance >= 80, distance
+
+
+def test_pre_labels_carry_a_model_version_a_person_can_read(tmp_path):
+    """Without --model_version the pre-labels name the model as NAME@DATE-HASH: the model folder's
+    name, the day model.keras was written and its SHA-256 (both taken here with the standard
+    library), never the segmentation folder's path."""
+    import datetime
+    import hashlib
+    import os
+    (tmp_path / "roads-v2").mkdir()
+    model_dir = color_model(tmp_path / "roads-v2")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((40, 48, 3), 200, np.uint8)).save(inputs / "a.png")
+    seg = tmp_path / "seg"
+    batch_segment.run(["--model", str(model_dir), "--input", f"{inputs}/*.png", "--output_dir", str(seg),
+                       "--tile_size", "32"])
+    keras_file = model_dir / "model.keras"
+    day = datetime.datetime.fromtimestamp(os.path.getmtime(keras_file), datetime.timezone.utc).strftime("%Y-%m-%d")
+    expected = f"roads-v2@{day}-{hashlib.sha256(keras_file.read_bytes()).hexdigest()[:8]}"
+    assert json.loads((seg / "classes.json").read_text())["model_version"] == expected
+    review.main(["--segmentation", str(seg), "--output_dir", str(tmp_path / "batch"), "--count", "1"])
+    (task,) = json.loads((tmp_path / "batch/tasks.json").read_text())
+    assert task["predictions"][0]["model_version"] == expected

@@ -6,10 +6,12 @@ import numpy as np
 
 from segformat.masks import IGNORE_INDEX
 
-# Background black, then colours that stay apart on photos and maps; classes past the list get
-# a colour drawn from a generator seeded by their index (the same colour on every run).
-BASE_COLORS = [(0, 0, 0), (128, 128, 128), (220, 60, 40), (40, 90, 220), (60, 180, 75), (255, 225, 25),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+# Background black, then saturated colours that stay apart from each other and from what they
+# cover: no greys or browns, which vanish on roads, concrete, roofs and bare soil (a labeller
+# must see a pre-label on a grey road). Class 1 is magenta, KITTI road's own colour. Classes past
+# the list get a colour drawn from a generator seeded by their index (the same on every run).
+BASE_COLORS = [(0, 0, 0), (255, 0, 255), (220, 60, 40), (40, 90, 220), (60, 180, 75), (255, 225, 25),
+               (145, 30, 180), (70, 240, 240), (255, 140, 0), (0, 255, 127), (250, 120, 180), (0, 160, 160)]
 IGNORE_COLOR = (255, 255, 255)
 # The share of the class colour in an overlay pixel: the photo stays readable under the labels.
 OVERLAY_ALPHA = 0.5

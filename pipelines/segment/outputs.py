@@ -240,7 +240,7 @@ def make_record(info, path, names, totals, runs) -> dict:
     }
 
 
-def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
+def assemble_outputs(_, record_files, output_dir: str, class_names, model_version: str = "") -> None:
     """Streams the per-input records into summary.jsonl (most uncertain first) and
     labels_coco.json (image ids 1..N in file-name order), never holding all annotations."""
     files = sorted(f for batch in record_files for f in ([batch] if isinstance(batch, str) else batch))
@@ -288,7 +288,8 @@ def assemble_outputs(_, record_files, output_dir: str, class_names) -> None:
                 out.write(chunk.encode())
             out.write("\n]}\n".encode())
     commit_temp(temp, f"{output_dir}/labels_coco.json")
-    # the model's class table, for what reads the masks (segpipe review names the classes from it)
+    # the model's class table and version, for what reads the masks (segpipe review names the
+    # classes and the pre-labels' model_version from it)
     write_atomic(f"{output_dir}/classes.json", json.dumps(
-        {"ignore_index": IGNORE_INDEX, "classes": [{"index": i, "name": n} for i, n in enumerate(class_names)]},
-        indent=2).encode(), "application/json")
+        {"ignore_index": IGNORE_INDEX, "classes": [{"index": i, "name": n} for i, n in enumerate(class_names)],
+         **({"model_version": model_version} if model_version else {})}, indent=2).encode(), "application/json")
