@@ -151,3 +151,21 @@ def test_storage_failures_are_oserrors_google_errors_and_crashes_inside_the_stor
     assert not storage.is_storage_failure(raise_inside("pipelines.segment.outputs"))
     assert not storage.is_storage_failure(raise_inside("apache_beam.io.gcp.gcsiox"))
     assert not storage.is_storage_failure(raise_inside("googlex"))
+
+
+def test_a_storage_failure_is_found_down_the_chain_of_causes():
+    try:
+        try:
+            raise Failing("gone")
+        except Failing as inner:
+            raise RuntimeError("a Beam runner's wrapper") from inner
+    except RuntimeError as wrapped:
+        assert storage.caused_by_storage(wrapped)
+    try:
+        try:
+            raise Failing("gone")
+        except Failing:
+            raise RuntimeError("raised while handling it")
+    except RuntimeError as handled:
+        assert storage.caused_by_storage(handled)
+    assert not storage.caused_by_storage(RuntimeError("no cause")) and not storage.caused_by_storage(None)

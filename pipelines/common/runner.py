@@ -81,9 +81,8 @@ def run_and_summarize(p: beam.Pipeline, job: str, started: float, require=(), ou
         result = p.run()
         result.wait_until_finish()
     except Exception as error:
-        from pipelines.common.storage import StorageError, is_storage_failure
-        from segcli.main import exception_chain
-        if output_dir and "://" not in str(error) and any(is_storage_failure(c) for c in exception_chain(error)):
+        from pipelines.common.storage import StorageError, caused_by_storage
+        if output_dir and "://" not in str(error) and caused_by_storage(error):
             raise StorageError(f"could not write under {output_dir}: {error}") from error
         raise
     counters = log_summary(job, result, started)

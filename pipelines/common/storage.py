@@ -89,6 +89,16 @@ def is_storage_failure(error: BaseException) -> bool:
     return any(module == name or module.startswith(name + ".") for name in STORAGE_CLIENT_MODULES)
 
 
+def caused_by_storage(error: BaseException | None) -> bool:
+    """Whether ``error``, or what caused it (``raise ... from``) or was being handled when it
+    rose, and so on, is a storage failure (a Beam runner re-raises a worker's error wrapped)."""
+    while error is not None:
+        if is_storage_failure(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 @contextlib.contextmanager
 def writing(path: str, temp: str | None = None):
     """Names ``path`` in a storage failure of the block, and removes the block's temporary file
