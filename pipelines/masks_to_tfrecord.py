@@ -120,27 +120,32 @@ class PairExampleFn(ConvertFilesFn):
             mask_png=image_checks.encode_mask_png(mask))
 
 
-def build_pipeline(p, images_glob, masks_glob, color_map: ColorMap, output_dir, split="train", num_shards=0,
-                   image_key_regex=r"^(?P<key>.+)$", mask_key_regex=r"^(?P<key>.+)$", description=None):
+def build_records(p, config: MasksConfig, color_map: ColorMap) -> dict:
+    """The pairs job's records, error records, stats and class table (WriteSegmentationDataset's
+    inputs): image and mask files keyed by their stems, paired, each pair a record."""
     def keyed(kind, glob, regex):
         return (p
                 | f"Match{kind.title()}s" >> fileio.MatchFiles(glob)
                 | f"{kind.title()}Paths" >> beam.Map(lambda m: m.path)
                 | f"Key{kind.title()}s" >> beam.ParDo(KeyFileFn(kind, regex)).with_outputs(ERRORS, STATS, main="keyed"))
 
-    images, masks = keyed(IMAGE, images_glob, image_key_regex), keyed(MASK, masks_glob, mask_key_regex)
+    images, masks = keyed(IMAGE, config.images, config.image_key_regex), keyed(MASK, config.masks, config.mask_key_regex)
     converted = ({IMAGE: images.keyed, MASK: masks.keyed}
                  | "PairByKey" >> beam.CoGroupByKey()
                  | "Batch" >> beam.BatchElements(min_batch_size=READ_AHEAD // 2, max_batch_size=READ_AHEAD // 2)
                  | "BuildExamples" >> beam.ParDo(
-                     PairExampleFn(color_map, split, image_checks.glob_root(images_glob),
-                                   masks_root=image_checks.glob_root(masks_glob))).with_outputs(
+                     PairExampleFn(color_map, config.split, image_checks.glob_root(config.images),
+                                   masks_root=image_checks.glob_root(config.masks))).with_outputs(
                          ERRORS, STATS, main="records"))
     errors = (images[ERRORS], masks[ERRORS], converted[ERRORS]) | "AllErrors" >> beam.Flatten()
     stats = (images[STATS], masks[STATS], converted[STATS]) | "AllStats" >> beam.Flatten()
     classes = p | "Classes" >> beam.Create([color_map.classes_json()])
-    return ({"records": converted.records, "errors": errors, "stats": stats, "classes": classes}
-            | WriteSegmentationDataset(output_dir, num_shards, description=description))
+    return {"records": converted.records, "errors": errors, "stats": stats, "classes": classes}
+
+
+def build_pipeline(p, config: MasksConfig, color_map: ColorMap, description=None):
+    return build_records(p, config, color_map) | WriteSegmentationDataset(config.output_dir, config.num_shards,
+                                                                          description=description)
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -150,9 +155,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     return run_dataset_job(
         "masks_to_tfrecord", "segpipe dataset masks", vars(known), beam_args, output_dir=config.output_dir,
         inputs=(config.images, config.masks), split=config.split, overwrite=config.overwrite,
-        build=lambda p, description: build_pipeline(
-            p, config.images, config.masks, color_map, config.output_dir, config.split, config.num_shards,
-            config.image_key_regex, config.mask_key_regex, description),
+        build=lambda p, description: build_pipeline(p, config, color_map, description),
         test_pipeline=test_pipeline, save_main_session=save_main_session)
 
 if __name__ == "__main__":

@@ -329,7 +329,9 @@ def write_index(features: list, output_dir: str) -> None:
     write_json(f"{output_dir}/chips.geojson", {"type": "FeatureCollection", "features": features})
 
 
-def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=None):
+def build_records(p, config: RasterConfig, color_map: ColorMap) -> dict:
+    """The raster job's records (chips), error records, stats and class table
+    (WriteSegmentationDataset's inputs), and the chip index written beside them."""
     def keyed(kind, pattern, regex):
         compiled = re.compile(regex)
         return (p | f"Match{kind}" >> fileio.MatchFiles(pattern, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
@@ -356,8 +358,12 @@ def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=Non
     errors = tuple(sources) | "AllErrors" >> beam.Flatten()
     stats = (planned[STATS], chips[STATS]) | "AllStats" >> beam.Flatten()
     classes = p | "Classes" >> beam.Create([color_map.classes_json()])
-    return ({"records": chips.records, "errors": errors, "stats": stats, "classes": classes}
-            | WriteSegmentationDataset(config.output_dir, config.num_shards, description=description))
+    return {"records": chips.records, "errors": errors, "stats": stats, "classes": classes}
+
+
+def build_pipeline(p, config: RasterConfig, color_map: ColorMap, description=None):
+    return build_records(p, config, color_map) | WriteSegmentationDataset(config.output_dir, config.num_shards,
+                                                                          description=description)
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):

@@ -113,12 +113,14 @@ def test_the_pairs_job_on_beams_test_pipeline(tmp_path, testdata):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
     from pipelines.masks_to_tfrecord import ColorMap
+    from segcli.masks import MasksConfig
     root = testdata / "kitti_road"
     pairs = len(list((root / "image_2").glob("*.png")))
     with TestPipeline(runner=fn_runner.FnApiRunner()) as p:
-        shards = masks_to_tfrecord.build_pipeline(
-            p, f"{root}/image_2/*.png", f"{root}/gt_image_2/*.png", ColorMap.from_json(COLORS), str(tmp_path / "tp"),
-            num_shards=1, image_key_regex=KITTI_KEYS[1], mask_key_regex=KITTI_KEYS[3])
+        config = MasksConfig(images=f"{root}/image_2/*.png", masks=f"{root}/gt_image_2/*.png", mask_colors="",
+                             output_dir=str(tmp_path / "tp"), num_shards=1, image_key_regex=KITTI_KEYS[1],
+                             mask_key_regex=KITTI_KEYS[3])
+        shards = masks_to_tfrecord.build_pipeline(p, config, ColorMap.from_json(COLORS))
         assert_that(shards | beam.Map(lambda s: (s["file"], s["split"])),
                     equal_to([("train-00000-of-00001.tfrecord", "train")]), label="Files")
         assert_that(shards | beam.Map(lambda s: s["examples"]), equal_to([pairs]), label="Examples")
