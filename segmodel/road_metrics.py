@@ -48,26 +48,27 @@ def road_scores(positive_hist: np.ndarray, negative_hist: np.ndarray) -> dict:
     positives, negatives = pos.sum(), neg.sum()
     tp = pos @ _AT_LEAST  # road pixels called road, per threshold
     fp = neg @ _AT_LEAST
-    fn, tn = positives - tp, negatives - fp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        recall = tp / positives if positives else np.zeros(LEVELS)
-        precision = tp / (tp + fp + 1e-10)
-    usable = ~((recall == 0) & (precision == 0))
+    recall = tp / positives if positives else np.zeros(LEVELS)
+    precision = tp / (tp + fp + 1e-10)
+    # The devkit leaves out the thresholds where recall and precision are both 0: no road pixel
+    # called road (tp = 0). Threshold 0 calls every pixel road, so with any road pixel there is
+    # one with recall 1, and every recall level of the AP below has a point.
+    usable = tp > 0
     if not usable.any():
         return {"max_f": 0.0, "average_precision": 0.0, "positives": int(positives), "negatives": int(negatives)}
     r, p, thresholds = recall[usable], precision[usable], np.flatnonzero(usable)
-    levels = [p[r >= level].max() for level in np.arange(0, 1.1, 0.1) if (r >= level).any()]
+    levels = [p[r >= level].max() for level in np.arange(0, 1.1, 0.1)]
     f = 2 * p * r / (p + r + 1e-10)
     best = int(np.argmax(f))
     k = thresholds[best]
     return {
         "max_f": float(f[best]),
-        "average_precision": float(np.mean(levels)) if levels else 0.0,
+        "average_precision": float(np.mean(levels)),
         "best_threshold": float(k / 255.0),
-        "precision": float(tp[k] / (tp[k] + fp[k])) if tp[k] + fp[k] else 0.0,
+        "precision": float(tp[k] / (tp[k] + fp[k])),
         "recall": float(tp[k] / positives),
         "fpr": float(fp[k] / negatives) if negatives else 0.0,
-        "fnr": float(fn[k] / positives),
+        "fnr": float((positives - tp[k]) / positives),
         "positives": int(positives),
         "negatives": int(negatives),
     }

@@ -2,6 +2,7 @@
 folder prepared at a job's start and the staged shards swapped in at its end, the manifest
 written last. File names and the manifest's form are written out here from docs/datasets.md."""
 import json
+import re
 
 import pytest
 
@@ -74,7 +75,8 @@ class Killed(Exception):
     pass
 
 
-def test_a_commit_killed_half_way_leaves_no_manifest_and_the_next_start_removes_the_mixture(tmp_path, monkeypatch):
+def test_a_commit_killed_half_way_leaves_no_manifest_and_the_next_start_removes_the_mixture(tmp_path, monkeypatch,
+                                                                                             caplog):
     """Killed after the first shard moved in: no manifest (a reader stops), the marker says the
     folder is half swapped, and the next run's start removes every dataset file there."""
     out = tmp_path / "out"
@@ -96,7 +98,10 @@ def test_a_commit_killed_half_way_leaves_no_manifest_and_the_next_start_removes_
     assert (out / ".staging" / "committing").exists()
     assert not (out / "train-00002-of-00003.tfrecord").exists()  # the old shards go before the new move in
     assert (out / "train-00000-of-00002.tfrecord").exists()
-    commit.prepare_output_dir(str(out), overwrite=False)  # nothing whole is there to protect
+    import logging
+    with caplog.at_level(logging.WARNING, logger="pipelines.dataset.commit"):
+        commit.prepare_output_dir(str(out), overwrite=False)  # nothing whole is there to protect
+    assert caplog.messages == [f"{out}: a previous run was interrupted while committing its dataset; removing it"]
     assert sorted(p.name for p in out.iterdir()) == [".staging", "errors.jsonl"]
     assert list((out / ".staging").iterdir()) == []
 
@@ -104,9 +109,11 @@ def test_a_commit_killed_half_way_leaves_no_manifest_and_the_next_start_removes_
 def test_preparing_refuses_a_dataset_unless_overwrite_and_keeps_it_until_the_commit(tmp_path):
     out = tmp_path / "out"
     old_dataset(out)
-    with pytest.raises(SystemExit, match=r"already holds a dataset \(dataset.json, train-00000-of-00003.tfrecord, "
-                                         r"train-00001-of-00003.tfrecord, \.\.\.\); pass --overwrite"):
+    with pytest.raises(SystemExit) as refused:
         commit.prepare_output_dir(str(out), overwrite=False)
+    assert str(refused.value) == (f"{out} already holds a dataset (dataset.json, train-00000-of-00003.tfrecord, "
+                                  "train-00001-of-00003.tfrecord, ...); pass --overwrite to replace it as a whole, "
+                                  "or choose another --output_dir")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     commit.prepare_output_dir(str(out), overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -148,3 +155,12 @@ def test_dataset_files_are_the_shards_partial_shards_and_the_manifest(tmp_path):
         (tmp_path / name).write_text("")
     assert [p.rsplit("/", 1)[1] for p in commit.dataset_files(str(tmp_path))] == [
         "a.tfrecord", "a.tfrecord.tmp-1", "dataset.json"]
+
+
+@pytest.mark.parametrize("files, shown", [(3, "a-0.tfrecord, a-1.tfrecord, a-2.tfrecord"),
+                                          (4, "a-0.tfrecord, a-1.tfrecord, a-2.tfrecord, ...")])
+def test_a_refusal_names_three_files_and_says_when_there_are_more(tmp_path, files, shown):
+    for k in range(files):
+        (tmp_path / f"a-{k}.tfrecord").write_bytes(b"x")
+    with pytest.raises(SystemExit, match=rf"already holds a dataset \({re.escape(shown)}\); pass"):
+        commit.prepare_output_dir(str(tmp_path), overwrite=False)

@@ -172,3 +172,31 @@ def test_evaluate_reports_the_kitti_figures_of_a_two_class_model(tmp_path, testd
     text = page.read_text()
     assert f"MaxF <b>{road['max_f']:.3f}</b>" in text and f"AP <b>{road['average_precision']:.3f}</b>" in text
     assert f"<b>{road['road_labelled_road']:.1%}</b> of road pixels as road" in text
+
+
+def test_road_scores_of_images_without_road_or_without_anything_else():
+    """No road pixel: nothing to find (0, 0, the counts); only road pixels: found at every
+    threshold up to their probability, no false positive rate to speak of."""
+    none = road_metrics.road_scores(*road_metrics.histograms(np.array([[0.2, 0.9]]), np.zeros((1, 2), bool)))
+    assert none == {"max_f": 0.0, "average_precision": 0.0, "positives": 0, "negatives": 2}
+    empty = road_metrics.road_scores(np.zeros(256, np.int64), np.zeros(256, np.int64))
+    assert empty == {"max_f": 0.0, "average_precision": 0.0, "positives": 0, "negatives": 0}
+    only = road_metrics.road_scores(*road_metrics.histograms(np.array([[0.5, 1.0]]), np.ones((1, 2), bool)))
+    assert only["max_f"] == pytest.approx(1.0) and only["average_precision"] == pytest.approx(1.0)
+    assert only["precision"] == 1.0 and only["recall"] == 1.0 and only["fpr"] == 0.0 and only["fnr"] == 0.0
+    assert only["best_threshold"] <= 0.5 and (only["positives"], only["negatives"]) == (2, 0)
+    # the integer histograms themselves give the same scores as float ones
+    pos, neg = road_metrics.histograms(np.array([[0.9, 0.6, 0.3, 0.7]]), np.array([[True, True, False, False]]))
+    assert pos.dtype.kind == "i" and pos.sum() == 2 and neg.sum() == 2
+    assert road_metrics.road_scores(pos, neg) == road_metrics.road_scores(pos.astype(float), neg.astype(float))
+
+
+def test_quantizing_is_the_devkits_8_bit_image():
+    p = np.array([-0.1, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 1.2])
+    assert road_metrics.quantize(p).tolist() == [0, 0, 0, 2, 128, 255, 255]  # round half to even, clipped
+    assert road_metrics.quantize(p).dtype == np.int64
+    assert road_metrics.quantize(np.float32(0.2)) == 51
+    counts = road_metrics.histograms(np.array([[1.0, 1.0, 0.0]]), np.array([[True, False, True]]),
+                                     np.array([[True, True, False]]))
+    assert counts[0].tolist() == [0] * 255 + [1] and counts[1].tolist() == [0] * 255 + [1]
+    assert len(counts[0]) == 256 and len(road_metrics.histograms(np.zeros((1, 1)), np.zeros((1, 1), bool))[1]) == 256

@@ -70,9 +70,9 @@ def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_pat
     path = tmp_path / "out" / "stats.json"
     path.parent.mkdir()
     path.write_text("old")
-    storage.write_json(str(path), {"images": 3, "name": "a"})
+    storage.write_json(str(path), {"name": "a", "images": 3})
     assert json.loads(path.read_text()) == {"images": 3, "name": "a"} and path.read_text().endswith("}\n")
-    assert path.read_text() == '{\n  "images": 3,\n  "name": "a"\n}\n'  # indented, keys in order
+    assert path.read_text() == '{\n  "name": "a",\n  "images": 3\n}\n'  # indented, keys in the given order
     assert sorted(p.name for p in path.parent.iterdir()) == ["stats.json"]
     source = tmp_path / "local.bin"
     source.write_bytes(b"\x00\x01" * 1000)
@@ -169,3 +169,71 @@ def test_a_storage_failure_is_found_down_the_chain_of_causes():
     except RuntimeError as handled:
         assert storage.caused_by_storage(handled)
     assert not storage.caused_by_storage(RuntimeError("no cause")) and not storage.caused_by_storage(None)
+
+
+def test_a_write_that_fails_while_writing_names_the_object_and_removes_its_temporary(tmp_path, monkeypatch):
+    import pytest
+    from apache_beam.io.filesystems import FileSystems
+    real_create = FileSystems.create
+
+    class Breaking:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[:3])
+            raise Failing("disk full")
+    monkeypatch.setattr(FileSystems, "create", lambda path, **kw: Breaking(real_create(path, **kw)))
+    for write in (lambda p: storage.write_atomic(p, b"0123456789"), lambda p: storage.write_json(p, {"a": 1}),
+                  lambda p: storage.upload_atomic(__file__, p)):
+        path = str(tmp_path / "x.bin")
+        with pytest.raises(storage.StorageError, match=rf"^could not write {path}: Failing: disk full$"):
+            write(path)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_check_that_fails_names_the_object(monkeypatch):
+    import pytest
+    from apache_beam.io.filesystems import FileSystems
+
+    def failing_exists(path):
+        raise Failing("reset")
+    monkeypatch.setattr(FileSystems, "exists", failing_exists)
+    with pytest.raises(storage.StorageError, match=r"^could not read gs://b/c.json: Failing: reset$"):
+        storage.exists("gs://b/c.json")
+
+
+def test_the_read_pool_is_made_again_in_a_forked_child_and_is_large(monkeypatch):
+    pool = storage.shared_read_pool()
+    assert pool._max_workers == storage.READ_THREADS
+    monkeypatch.setattr(storage, "_read_pool", (-1, pool))  # as a forked child sees its parent's pool
+    fresh = storage.shared_read_pool()
+    assert fresh is not pool and storage.shared_read_pool() is fresh
+
+
+def test_stale_temporaries_are_found_with_or_without_a_trailing_slash(tmp_path):
+    (tmp_path / "a.json.tmp-1").write_text("x")
+    assert storage.remove_stale_temporaries(str(tmp_path) + "/") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_objects_on_gcs_get_their_content_types(tmp_path, gcs_bucket):
+    """Read back with google-cloud-storage from the emulator: what a browser or the console shows."""
+    from google.cloud import storage as gcs
+    prefix = f"gs://{gcs_bucket}/content-types"
+    storage.write_json(f"{prefix}/a.json", {"a": 1})
+    storage.write_atomic(f"{prefix}/m.png", b"png", "image/png")
+    local = tmp_path / "cog.tif"
+    local.write_bytes(b"tif")
+    storage.upload_atomic(str(local), f"{prefix}/c.tif", "image/tiff")
+    storage.write_atomic(f"{prefix}/raw.bin", b"raw")
+    bucket = gcs.Client(project="test").bucket(gcs_bucket)
+    types = {b.name.rsplit("/", 1)[1]: b.content_type for b in bucket.list_blobs(prefix="content-types/")}
+    assert types == {"a.json": "application/json", "m.png": "image/png", "c.tif": "image/tiff",
+                     "raw.bin": "application/octet-stream"}

@@ -90,3 +90,25 @@ def test_column_runs_edge_cases():
     assert tiling.column_runs(np.array([[3], [5]])) == [0, 2]  # any non-zero is foreground
     assert tiling.merge_runs([0, 2], [0]) == [0, 2]  # an empty strip adds nothing
     assert tiling.merge_runs([], [4, 1]) == [4, 1]
+
+
+def test_tile_windows_are_every_row_start_with_every_column_start():
+    assert tiling.tile_windows(100, 70, 64, 16) == [(0, 0, 64, 64), (0, 6, 64, 64), (36, 0, 64, 64), (36, 6, 64, 64)]
+    assert tiling.tile_windows(20, 30, 64, 16) == [(0, 0, 20, 30)]  # smaller than a tile: one window, the image
+    assert tiling.tile_windows(64, 200, 64, 0) == [(0, 0, 64, 64), (0, 64, 64, 64), (0, 128, 64, 64), (0, 136, 64, 64)]
+
+
+def test_statistics_add_up_from_json_lists_and_arrays():
+    empty = tiling.empty_stats(3)
+    assert empty["pixels"].tolist() == [0, 0, 0] and empty["pixels"].dtype == np.int64
+    assert empty["confidence"].tolist() == [0.0, 0.0, 0.0] and empty["confidence"].dtype == np.float64
+    assert empty["entropy"] == 0.0 and set(empty) == {"pixels", "confidence", "entropy"}
+    parts = [{"pixels": [1, 2, 3], "confidence": [0.5, 1.5, 2.0], "entropy": 0.25},
+             {"pixels": np.array([10, 0, 5]), "confidence": np.array([4.0, 0.0, 1.0]), "entropy": np.float32(1.5)}]
+    total = tiling.sum_stats(parts, 3)
+    assert total["pixels"].tolist() == [11, 2, 8] and total["pixels"].dtype == np.int64
+    assert total["confidence"].tolist() == [4.5, 1.5, 3.0] and total["entropy"] == 1.75
+    assert type(total["entropy"]) is float
+    assert tiling.sum_stats([], 2)["pixels"].tolist() == [0, 0]
+    big = tiling.sum_stats([{"pixels": [2**40], "confidence": [0.0], "entropy": 0}] * 3, 1)
+    assert big["pixels"].tolist() == [3 * 2**40]  # 64-bit counts: a huge raster does not overflow
