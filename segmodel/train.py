@@ -106,15 +106,47 @@ def keep_best(path: str, metric: str, threshold):
     return KeepBest()
 
 
+def _epoch_of(metadata: str):
+    """The epoch a backup's training_metadata.json holds, or None when it is missing or cut short."""
+    if not tf.io.gfile.exists(metadata):
+        return None
+    with tf.io.gfile.GFile(metadata) as handle:
+        try:
+            return int(json.loads(handle.read())["epoch"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def repair_backup(backup_dir: str) -> None:
+    """Undoes a backup that a kill cut short while Keras's BackupAndRestore wrote its metadata.
+
+    Keras saves the weights, then writes ``training_metadata.json`` in place (not by rename); a
+    kill in between leaves new weights beside an empty or partial metadata file, which Keras's
+    restore cannot read (a JSONDecodeError, which its fallback to the previous backup does not
+    catch). Then the previous backup (``.bkp``, kept by double_checkpoint) is put back as a pair,
+    or, without one, the backup is removed and training starts again."""
+    metadata = f"{backup_dir}/training_metadata.json"
+    if not tf.io.gfile.exists(metadata) or _epoch_of(metadata) is not None:
+        return
+    weights = f"{backup_dir}/latest.weights.h5"
+    if _epoch_of(f"{metadata}.bkp") is not None and tf.io.gfile.exists(f"{weights}.bkp"):
+        LOG.warning("%s: the last backup was cut short; resuming from the one before it", backup_dir)
+        tf.io.gfile.copy(f"{weights}.bkp", weights, overwrite=True)
+        tf.io.gfile.copy(f"{metadata}.bkp", metadata, overwrite=True)
+        return
+    LOG.warning("%s: the only backup was cut short; training starts again", backup_dir)
+    for path in (metadata, weights):
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+
+
 def trim_history(history_csv: str, backup_dir: str) -> None:
     """Drops the rows of history.csv for epochs the backup does not hold (logged, then killed
     before the backup was saved): the resumed run trains and logs them again, once."""
-
-    metadata = f"{backup_dir}/training_metadata.json"
-    if not (tf.io.gfile.exists(history_csv) and tf.io.gfile.exists(metadata)):
+    if not tf.io.gfile.exists(history_csv):
         return
-    with tf.io.gfile.GFile(metadata) as handle:
-        done = int(json.loads(handle.read())["epoch"])
+    # no backup yet (killed before the first one was saved): no epoch is kept
+    done = _epoch_of(f"{backup_dir}/training_metadata.json") or 0
     with tf.io.gfile.GFile(history_csv) as handle:
         rows = list(csv.DictReader(handle))
     kept = [row for row in rows if int(row["epoch"]) < done]
@@ -188,6 +220,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     # Per epoch, in this order: the history row, the best model, then the backup (the commit
     # point). A kill between them is undone on resume: trim_history drops the rows of epochs the
     # backup lacks, and every file is replaced by rename (save_atomic), never left half-written.
+    repair_backup(f"{model_dir}/backup")
     trim_history(f"{scratch}/history.csv", f"{model_dir}/backup")
     for stale in tf.io.gfile.glob(f"{scratch}/*.tmp-*.keras"):  # a save cut short by a kill
         tf.io.gfile.remove(stale)

@@ -166,6 +166,41 @@ def test_history_rows_of_epochs_the_backup_lacks_are_dropped_on_resume(tmp_path)
     assert [r["epoch"] for r in csv.DictReader(history.open())] == ["0", "1"]
 
 
+def test_history_without_a_backup_keeps_no_epoch(tmp_path):
+    """Killed after the first epoch's row was logged, before any backup was saved."""
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,1.0\n")
+    train.trim_history(str(history), str(tmp_path / "backup"))
+    assert history.read_text() == "epoch,loss\n"
+
+
+@pytest.mark.parametrize("previous", [True, False])
+def test_a_backup_cut_short_while_keras_wrote_its_metadata_is_undone_and_training_resumes(
+        demo_dataset, tmp_path, previous):
+    """Keras's BackupAndRestore saves the weights, then writes training_metadata.json in place: a
+    kill in between leaves it empty, and Keras's own restore stops with a JSONDecodeError. The
+    next run puts the previous backup back (double_checkpoint) or, without one, starts again;
+    either way it finishes with every epoch in history.csv once."""
+    config = TrainConfig(**{**PRESETS["tiny"], "epochs": 3, "steps_per_epoch": 2, "image_size": 64})
+
+    class KillAfterEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == (1 if previous else 0):
+                raise Interrupt()
+
+    data = str(demo_dataset / "train-*.tfrecord")
+    with pytest.raises(Interrupt):
+        train.train(data, str(tmp_path), config, extra_callbacks=[KillAfterEpoch()])
+    backup = tmp_path / "backup"
+    assert (backup / "latest.weights.h5.bkp").exists() == previous
+    (backup / "training_metadata.json").write_text("")  # the kill's moment: weights new, metadata empty
+    history = train.train(data, str(tmp_path), config)
+    assert len(history["loss"]) == (2 if previous else 3)  # resumed after epoch 1, or from the start
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
+
+
 def test_segpipe_train_exports_the_layout_its_flag_names(demo_dataset, tmp_path):
     """--export_layout nchw through the training command: the exported model takes torchvision's
     [N, 3, H, W] input (0..1, ImageNet mean and std) and returns {"out": [N, C, H, W]}."""
