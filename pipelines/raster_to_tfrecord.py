@@ -47,7 +47,7 @@ from pipelines.common import images as image_checks
 from pipelines.common import rasters
 from pipelines.dataset.splits import split_for
 from pipelines.dataset.job import checked_config, run_dataset_job
-from pipelines.dataset.commit import STAGING
+from pipelines.dataset.commit import STAGING, remove_empty_staging
 from pipelines.dataset.writer import RecordRef, WriteSegmentationDataset, pixel_stats, reject_image
 from pipelines.dataset.colors import ColorMap, load_color_map, pair_key
 from pipelines.common.runner import ERRORS, STATS, count, error_record
@@ -380,9 +380,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         chips = [m.path for m in FileSystems.match([f"{config.output_dir}/{STAGING}/chips/**"])[0].metadata_list]
         if chips:
             FileSystems.delete(chips)
-        staging = f"{config.output_dir}/{STAGING}"
-        if FileSystems.exists(staging) and not FileSystems.match([f"{staging}/**"])[0].metadata_list:
-            FileSystems.delete([staging])  # the (local) folder the chips were in
+        remove_empty_staging(config.output_dir)  # the (local) folder the chips were in
 
 if __name__ == "__main__":
     logging.getLogger().setLevel(logging.INFO)

@@ -118,6 +118,22 @@ def patient_for_seconds(monkeypatch):
     monkeypatch.setattr(gcsio, "DEFAULT_RETRY", gcsio.DEFAULT_RETRY.with_timeout(2))
 
 
+def fails_with_one_line(argv, storage_faults, capsys, only, kinds) -> str:
+    """Runs ``segpipe ARGV`` while every request ``only`` matches fails with one of ``kinds``:
+    faults were met, the command exited 1 without a traceback; its last ``segpipe`` line."""
+    from segcli import main
+    storage_faults.configure(1.0, only=only, kinds=kinds)
+    try:
+        status = main.main(argv)
+    except SystemExit as stop:
+        status = stop.code
+    injected = sum(storage_faults.faults.values())
+    storage_faults.configure(0.0)
+    err = capsys.readouterr().err
+    assert injected and status == 1 and "Traceback" not in err, err[-2000:]
+    return [line for line in err.splitlines() if line.startswith("segpipe ")][-1]
+
+
 ALL_KINDS = ("503", "429", "reset")
 
 
@@ -130,7 +146,6 @@ ALL_KINDS = ("503", "429", "reset")
                                                  ("segment", "every write", ALL_KINDS)])
 def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_object(
         job, failing, kinds, remote_inputs, storage_faults, patient_for_seconds, capsys):
-    from segcli import main
     prefix, local = remote_inputs
     out = f"{prefix}/dead-{job}-{failing.split()[1]}-{kinds[0]}"
     argv = {"coco": ["dataset", "coco", "--annotations", f"{prefix}/coco/annotations/test_coco.json",
@@ -142,16 +157,7 @@ def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_obje
                       "--output_dir", out, *KITTI_KEYS]}[job]
     writes = lambda method, path, body: method in ("POST", "PUT", "PATCH", "DELETE")
     only = {"every request": None, "every write": writes}[failing]
-    storage_faults.configure(1.0, only=only, kinds=kinds)
-    try:
-        status = main.main(argv)
-    except SystemExit as stop:
-        status = stop.code
-    injected = sum(storage_faults.faults.values())
-    storage_faults.configure(0.0)
-    err = capsys.readouterr().err
-    assert injected and status == 1 and "Traceback" not in err, err[-2000:]
-    line = [line for line in err.splitlines() if line.startswith("segpipe ")][-1]
+    line = fails_with_one_line(argv, storage_faults, capsys, only, kinds)
     # the object (an input that cannot be read, an output that cannot be written), or for a
     # failure inside one of Beam's own writers, the output folder and the step
     named = {"every request": [f"{prefix}/coco/annotations/test_coco.json"],
@@ -188,20 +194,11 @@ def test_a_write_whose_final_copy_fails_for_good_leaves_no_temporary_object(
 
 def test_a_job_whose_final_copies_fail_for_good_leaves_nothing_half_written(
         remote_inputs, storage_faults, patient_for_seconds, capsys):
-    from segcli import main
-    prefix, local = remote_inputs
+    prefix, _ = remote_inputs
     out = f"{prefix}/dead-segment-copies"
-    storage_faults.configure(1.0, only=copies, kinds=("503",))
-    try:
-        status = main.main(["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
-                            "--output_dir", out, "--tile_size", "32", "--chunk_size", "32"])
-    except SystemExit as stop:
-        status = stop.code
-    injected = sum(storage_faults.faults.values())
-    storage_faults.configure(0.0)
-    err = capsys.readouterr().err
-    assert injected and status == 1 and "Traceback" not in err, err[-2000:]
-    line = [line for line in err.splitlines() if line.startswith("segpipe ")][-1]
+    line = fails_with_one_line(["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
+                                "--output_dir", out, "--tile_size", "32", "--chunk_size", "32"],
+                               storage_faults, capsys, copies, ("503",))
     assert f"could not write {out}/" in line or f"could not write under {out}" in line, line
     left = tree(out)
     assert not any(".tmp-" in name or "staging" in name for name in left), sorted(left)

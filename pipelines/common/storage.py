@@ -110,9 +110,15 @@ def writing(path: str, temp: str | None = None):
             with contextlib.suppress(Exception):
                 if FileSystems.exists(temp):
                     FileSystems.delete([temp])
-        if isinstance(error, StorageError) or not is_storage_failure(error):
-            raise
-        raise StorageError(f"could not write {path}: {type(error).__name__}: {error}") from error
+        _raise_named(error, "write", path)
+
+
+def _raise_named(error: Exception, verb: str, path: str):
+    """Re-raises ``error`` (being handled) as a StorageError naming ``path`` when it is a storage
+    failure not yet named; any other error unchanged."""
+    if isinstance(error, StorageError) or not is_storage_failure(error):
+        raise error
+    raise StorageError(f"could not {verb} {path}: {type(error).__name__}: {error}") from error
 
 
 @contextlib.contextmanager
@@ -122,9 +128,7 @@ def reading(path: str):
     try:
         yield
     except Exception as error:
-        if isinstance(error, StorageError) or not is_storage_failure(error):
-            raise
-        raise StorageError(f"could not read {path}: {type(error).__name__}: {error}") from error
+        _raise_named(error, "read", path)
 
 
 def exists(path: str) -> bool:

@@ -89,6 +89,12 @@ def commit_dataset(_, shards, side_files, output_dir: str, description: dict) ->
         entry["shards"].append({k: shard[k] for k in ("file", "examples", "bytes", "crc32c")})
     write_json(manifest_path, dict(description, format=MANIFEST_FORMAT, splits=splits))
     FileSystems.delete([marker])
+    remove_empty_staging(output_dir)  # the folder holds the dataset and nothing else
+
+
+def remove_empty_staging(output_dir: str) -> None:
+    """Removes ``OUT/.staging`` once no file is left under it (a local folder; on an object
+    store there is none)."""
     staging = FileSystems.join(output_dir, STAGING)
     if FileSystems.exists(staging) and not FileSystems.match([FileSystems.join(staging, "**")])[0].metadata_list:
-        FileSystems.delete([staging])  # the folder holds the dataset and nothing else
+        FileSystems.delete([staging])
