@@ -170,7 +170,31 @@ def run_seed(args, config, seed: int, data: dict, truths: dict, names: list, exp
     with open(os.path.join(base_dir, "base.json")) as handle:
         base = json.load(handle)
     arms = {arm: run_arm(args, config, seed, arm, base, data, truths, names, expected_test) for arm in args.arms}
-    return {"base": base, "arms": arms}
+    result = {"seed": seed, "settings": loop_settings(args), "base": base, "arms": arms}
+    with open(os.path.join(out, "seed.json"), "w") as handle:  # one seed's rounds, kept to merge with others
+        json.dump(result, handle, indent=2)
+    return result
+
+
+def loop_settings(args) -> dict:
+    """What decides a seed's figures: seeds measured with other settings are not merged."""
+    return {k: getattr(args, k) for k in ("initial", "add", "rounds", "image_size", "round_steps", "base_epochs")}
+
+
+def earlier_seeds(args) -> dict:
+    """Seeds measured by earlier runs (their ``seed.json`` files), for the curve beside this run's."""
+    import glob
+    seeds = {}
+    for path in sorted(glob.glob(args.earlier)) if args.earlier else []:
+        with open(path) as handle:
+            seed = json.load(handle)
+        if seed.get("settings") != loop_settings(args):
+            raise SystemExit(f"{path}: seed {seed['seed']} was measured with {seed.get('settings')}, "
+                             f"not {loop_settings(args)}")
+        if any(len(seed["arms"].get(arm, [])) < args.rounds for arm in args.arms):
+            raise SystemExit(f"{path}: seed {seed['seed']} lacks some of the arms {args.arms} or rounds")
+        seeds[seed["seed"]] = seed
+    return seeds
 
 
 def curve(seeds: dict, arms, rounds: int) -> dict:
@@ -236,6 +260,8 @@ def main(argv=None):
     parser.add_argument("--image_size", type=int, default=256, help="training crops (smaller than the preset's, for budget)")
     parser.add_argument("--round_steps", type=int, default=120, help="fine-tuning steps per round, every arm alike")
     parser.add_argument("--base_epochs", type=int, default=3, help="the base model's steps: base_epochs x round_steps")
+    parser.add_argument("--earlier", default="", help="a glob of seed.json files from earlier runs with the same "
+                        "settings, merged into the curve (the seeds run now replace any of the same number)")
     args = parser.parse_args(argv)
     args.output_dir = os.path.abspath(args.output_dir)
     args.arms = [a for a in args.arms.split(",") if a]
@@ -252,8 +278,8 @@ def main(argv=None):
     with open(os.path.join(data["train"], "classes.json")) as handle:
         names = [c["name"] for c in sorted(json.load(handle)["classes"], key=lambda c: c["index"])]
     truths = labeling_loop.truth_masks(data["train"])
-    seeds = {}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    seeds = earlier_seeds(args)
+    for seed in [int(s) for s in args.seeds.split(",") if s]:
         seeds[seed] = run_seed(args, config, seed, data, truths, names, counts["test"])
     table = curve(seeds, args.arms, args.rounds)
     gap_rows = gaps(table, args.rounds)

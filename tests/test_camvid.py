@@ -91,6 +91,14 @@ def test_camvid_end_to_end_and_the_loop_trains_on_what_people_labelled(mini_camv
     assert [row["round"] for row in result["curve"]["stratified"]] == [0, 1]
     assert 0 <= result["curve"]["stratified"][1]["mean"] <= 1
 
+    # a seed measured earlier joins a later run's curve through its seed.json (same settings only)
+    settings = ["--camvid", str(mini_camvid), "--output_dir", str(tmp_path / "later"), "--arms", "stratified",
+                "--initial", "3", "--add", "2", "--rounds", "1", "--image_size", "64", "--round_steps", "2"]
+    merged = camvid_loop.main(settings + ["--base_epochs", "1", "--seeds", "", "--earlier", str(out / "seed*" / "seed.json")])
+    assert merged["curve"] == result["curve"] and list(merged["seeds"]) == [3]
+    with pytest.raises(SystemExit, match="measured with"):
+        camvid_loop.main(settings + ["--base_epochs", "2", "--seeds", "", "--earlier", str(out / "seed*" / "seed.json")])
+
     # batch segmentation's outputs for the real frames: full-size masks of the model's classes
     segmentation = out / "seed3" / "stratified" / "round1" / "segmentation"
     summary = [json.loads(line) for line in (segmentation / "summary.jsonl").read_text().splitlines()]
