@@ -157,10 +157,8 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig):
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     known, beam_args = make_parser().parse_known_args(argv)
-    from segmodel.exported import class_names, model_files, model_version
-    names = class_names(known.model, FileSystems.open)
-    keras_file = FileSystems.match([model_files(known.model)[0]])[0].metadata_list
-    version = model_version(known.model, FileSystems.open, keras_file[0].last_updated_in_seconds if keras_file else None)
+    from pipelines.segment.inference import model_identity
+    names, version = model_identity(known.model)
     if image_checks.output_inside_input(known.output_dir, known.input):
         raise SystemExit(f"segpipe segment: --output_dir {known.output_dir} lies where --input {known.input} "
                          "matches: a re-run would segment its own masks; choose an output folder outside it")

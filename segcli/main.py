@@ -9,6 +9,7 @@
     segpipe segment ...         batch segmentation with Beam        (pipelines.batch_segment)
     segpipe review ...          a labeling batch from the review queue  (pipelines.review)
     segpipe report ...          static HTML report                  (pipelines.report)
+    segpipe serve labelstudio ...  a Label Studio ML backend: live pre-labels  (pipelines.labeling.backend)
     segpipe demo ...            everything on built-in data         (pipelines.demo)
 
 ``segpipe <command> --help`` shows each command's flags; flags a Beam job does not know go to
@@ -45,6 +46,8 @@ COMMANDS = {
     ("evaluate",): Command("segcli.evaluate", "segmodel.evaluate", "main", beam_flags=False, uses_tf=True),
     ("segment",): Command("segcli.segment", "pipelines.batch_segment", "run", beam_flags=True, uses_tf=True),
     ("review",): Command("segcli.review", "pipelines.review", "main", beam_flags=False, uses_tf=False),
+    ("serve", "labelstudio"): Command("segcli.serve", "pipelines.labeling.backend", "main", beam_flags=False,
+                                      uses_tf=True),
     ("report",): Command("segcli.report", "pipelines.report", "main", beam_flags=False, uses_tf=True),
     ("demo",): Command("segcli.demo", "pipelines.demo", "main", beam_flags=False, uses_tf=True),
 }

@@ -108,3 +108,22 @@ def make_pointwise_model(model_dir: Path):
     (model_dir / "classes.json").write_text(json.dumps(
         {"ignore_index": 255, "classes": [{"index": i, "name": n} for i, n in enumerate(POINTWISE_NAMES)]}))
     return model_dir, model
+
+
+COLOR_NAMES = ["background", "road", "building", "water"]
+
+
+def make_color_model(model_dir: Path) -> Path:
+    """A real exported Keras model whose classes follow the colour: road where red dominates,
+    building where green does, water where blue does, background where none passes 128."""
+    import keras
+
+    from segmodel import fcn
+    images = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.Constant(
+        np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)[None, None]),
+        bias_initializer=keras.initializers.Constant([128.0, 0, 0, 0]))
+    fcn.export_model(keras.Model(images, conv(keras.layers.Rescaling(1.0)(images))), str(model_dir / "model.keras"))
+    (model_dir / "classes.json").write_text(json.dumps({"classes": [{"index": i, "name": n}
+                                                                    for i, n in enumerate(COLOR_NAMES)]}))
+    return model_dir

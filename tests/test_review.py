@@ -10,9 +10,7 @@ from pycocotools import mask as mask_utils
 
 from pipelines import batch_segment, review
 from segcli.review import ReviewConfig
-
-NAMES = ["background", "road", "building", "water"]
-
+from tests.helpers import COLOR_NAMES as NAMES, make_color_model as color_model
 
 def record(name, priority, **fractions):
     return {"input": f"/in/{name}.png", "file_name": f"{name}.png", "review_priority": priority,
@@ -68,22 +66,6 @@ def test_a_class_table_without_background_has_every_class_reviewed_and_stratifie
     renamed = [dict(r, class_fraction={("background" if k == "sky" else k): v for k, v in r["class_fraction"].items()})
                for r in records]
     assert [r["file_name"] for r in review.select(renamed, config, ["background", "road", "pole"])] == ["a.png", "b.png"]
-
-
-def color_model(model_dir):
-    """A real exported Keras model whose classes follow the colour: road where red dominates,
-    building where green does, water where blue does, background where none passes 128."""
-    import keras
-
-    from segmodel import fcn
-    images = keras.Input((None, None, 3))
-    conv = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.Constant(
-        np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)[None, None]),
-        bias_initializer=keras.initializers.Constant([128.0, 0, 0, 0]))
-    fcn.export_model(keras.Model(images, conv(keras.layers.Rescaling(1.0)(images))), str(model_dir / "model.keras"))
-    (model_dir / "classes.json").write_text(json.dumps({"classes": [{"index": i, "name": n}
-                                                                    for i, n in enumerate(NAMES)]}))
-    return model_dir
 
 
 def test_a_batch_decodes_in_label_studio_and_cvat_formats_to_the_masks(tmp_path):

@@ -51,6 +51,24 @@ def plan_chunks(source: str, rel: str, tile: int, overlap: int, chunk_size: int,
             for i, (r0, r1) in enumerate(rows) for j, (c0, c1) in enumerate(cols)]
 
 
+class PhotoJob:
+    """A decoded photo as one ``TiledSegmenter`` job (an image that is already in memory: a
+    labeling tool's request)."""
+    core = None
+
+    def __init__(self, image):
+        self.image = image
+
+    def open(self):
+        return self.image.shape[:2]
+
+    def read(self, row: int, col: int, height: int, width: int):
+        return self.image[row:row + height, col:col + width], None
+
+    def close(self):
+        self.image = None
+
+
 class ChunkJob:
     """A chunk's pixels for ``segmodel.predict.TiledSegmenter``: ``open`` reads a photo whole
     (JPEG/PNG cannot be read by window) or opens a raster; ``read`` returns a window as uint8 RGB

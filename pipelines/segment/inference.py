@@ -21,6 +21,17 @@ from pipelines.segment.outputs import ChunkWriter
 LOG = logging.getLogger(__name__)
 
 
+def model_identity(model: str) -> tuple:
+    """(class names, NAME@DATE-HASH) of an exported model on any filesystem: what its machine
+    labels are named by and carry as their model_version."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from segmodel.exported import class_names, model_files, model_version
+    keras_file = FileSystems.match([model_files(model)[0]])[0].metadata_list
+    modified = keras_file[0].last_updated_in_seconds if keras_file else None
+    return class_names(model, FileSystems.open), model_version(model, FileSystems.open, modified)
+
+
 def chunk_tiles(chunk: Chunk) -> int:
     """A chunk's weight when RunInference groups chunks into batches: the model tiles it runs."""
     return chunk.tiles
