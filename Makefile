@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast fuzz browser bench mutate clean
+.PHONY: demo test test-fast fuzz browser labelstudio bench mutate clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	{ $$(command -v sudo) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$(command -v sudo) \
 	  apt-get install -y -qq chromium chromium-driver; }
+
+# Label Studio in a venv of its own (its Django stack stays out of the project's) for the test
+# that runs segpipe serve labelstudio under it (tests/test_label_studio_server.py).
+labelstudio:
+	test -x .labelstudio/bin/label-studio || { $(PYTHON) -m venv .labelstudio && \
+	  .labelstudio/bin/pip install --quiet 'label-studio==1.23.*'; }
 
 # The README's numbers (about 25 minutes on 2 cores; bench_output/ keeps data and results).
 bench: $(STAMP)

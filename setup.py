@@ -41,6 +41,8 @@ setuptools.setup(
     extras_require={
         # GeoPackage and Shapefile labels for segpipe dataset raster (GeoJSON needs nothing more)
         "vectors": ["fiona>=1.9,<2"],
+        # the CVAT auto-annotation function (pipelines.labeling.cvat_function) and the cvat-cli that runs it
+        "cvat": ["cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3"],
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
@@ -50,7 +52,9 @@ setuptools.setup(
                  "label-studio-sdk>=1.0,<3",
                  # CVAT's import engine reads the COCO 1.0 and Segmentation mask 1.1 batches back
                  "datumaro>=1.10,<2",
-                 "fiona>=1.9,<2"],
+                 "fiona>=1.9,<2",
+                 # the CVAT function run through cvat-sdk's and cvat-cli's own machinery
+                 "cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3"],
     },
     entry_points={"console_scripts": ["segpipe=segcli.main:main"]},
 )

@@ -88,9 +88,11 @@ class TiledSegmenter:
     whole image. ``read`` calls of one job never run at the same time.
     """
 
-    def __init__(self, model, num_classes: int, tile: int = 512, overlap: int = 64, batch_size: int = 8):
+    def __init__(self, model, num_classes: int, tile: int = 512, overlap: int = 64, batch_size: int = 8,
+                 confidence_map: bool = False):
         import tensorflow as tf
         self.model, self.num_classes = model, num_classes
+        self.confidence_map = confidence_map
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self._pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="segment-read")
         self._post = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="segment-post")
@@ -119,7 +121,9 @@ class TiledSegmenter:
     def segment(self, jobs, on_done=None) -> list:
         """[on_done(job, mask, stats, error)] per job, in order (the default returns
         (mask, stats, error)): ``mask`` uint8 [r1 - r0, c1 - c0] class ids (255 where the input
-        is not valid), ``stats`` {"pixels", "confidence", "entropy"} over the valid pixels;
+        is not valid), ``stats`` {"pixels", "confidence", "entropy"} over the valid pixels (and,
+        with ``confidence_map``, "confidence_map": the top class's probability x 255 as uint8
+        [r1 - r0, c1 - c0], 0 where the input is not valid);
         ``error`` the exception that stopped this job (the others go on)."""
         on_done = on_done or (lambda job, mask, stats, error: (mask, stats, error))
         finished = {}  # job index -> future of on_done's result (jobs of other shapes finish out of order)
@@ -151,7 +155,8 @@ class TiledSegmenter:
                 finished[index] = self._post.submit(self._finish, on_done, job, None, error)
                 continue
             shape = (geometry.tile_height, geometry.tile_width)
-            blenders[index] = _RowBlender(job, geometry, self.num_classes, self.overlap, self._tile_weights(*shape))
+            blenders[index] = _RowBlender(job, geometry, self.num_classes, self.overlap, self._tile_weights(*shape),
+                                          self.confidence_map)
             for row, (pixels, valid, read_error) in rows:
                 if read_error is not None:
                     blenders[index].fail(read_error)
@@ -235,9 +240,11 @@ class _RowBlender:
     """One job's blend: tile rows arrive top to bottom (their tiles in any order); rows above a
     new tile row can get no more contributions, so they are resolved and kept as uint8."""
 
-    def __init__(self, job, geometry: Geometry, num_classes: int, overlap: int, tile_weights: np.ndarray):
+    def __init__(self, job, geometry: Geometry, num_classes: int, overlap: int, tile_weights: np.ndarray,
+                 confidence_map: bool = False):
         import tensorflow as tf
         self.job, self.g, self.num_classes = job, geometry, num_classes
+        self.confidence_map = confidence_map
         g = geometry
         width = g.x1 - g.x0
         offsets = [col - g.x0 for col in g.cols]
@@ -256,7 +263,7 @@ class _RowBlender:
         self._order = list(g.rows)
         self._next = 0  # index into _order of the next tile row to blend
         self._carry = None  # (first row, scores [th, width, C], weights [th, width], valid [th, width] or None)
-        self._masks, self._stats = [], []
+        self._masks, self._stats, self._confidences = [], [], []
         self.error = None
 
     @property
@@ -315,13 +322,19 @@ class _RowBlender:
         c0, c1 = self.g.c0 - self.g.x0, self.g.c1 - self.g.x0
         part_valid = None if valid is None else valid[a - first:b - first, c0:c1]
         mask, stats = resolve(scores[a - first:b - first, c0:c1], weights[a - first:b - first, c0:c1],
-                              part_valid, self.num_classes)
+                              part_valid, self.num_classes, self.confidence_map)
         self._masks.append(mask)
+        if self.confidence_map:
+            self._confidences.append(stats.pop("confidence_map"))
         self._stats.append(stats)
 
     def result(self):
-        mask = np.concatenate(self._masks, axis=0) if self._masks else np.zeros((0, self.g.c1 - self.g.c0), np.uint8)
-        return mask, tiling.sum_stats(self._stats, self.num_classes)
+        empty = np.zeros((0, self.g.c1 - self.g.c0), np.uint8)
+        mask = np.concatenate(self._masks, axis=0) if self._masks else empty
+        stats = tiling.sum_stats(self._stats, self.num_classes)
+        if self.confidence_map:
+            stats["confidence_map"] = np.concatenate(self._confidences, axis=0) if self._confidences else empty
+        return mask, stats
 
 
 # The per-class steps are compiled with XLA (fused: ~3x faster on a CPU than TensorFlow's
@@ -354,8 +367,9 @@ def _compiled():
         confidence_sums = tf.math.unsorted_segment_sum(tf.cast(tf.reshape(confidence, [-1]), tf.float64),
                                                        segments, num_classes + 1)
         entropy_sum = tf.reduce_sum(tf.cast(tf.where(valid, entropy, 0.0), tf.float64))
+        confidence_map = tf.cast(tf.where(valid, tf.round(confidence * 255.0), 0.0), tf.uint8)
         return (tf.cast(tf.where(valid, classes, IGNORE_INDEX), tf.uint8), pixels[:num_classes],
-                confidence_sums[:num_classes], entropy_sum)
+                confidence_sums[:num_classes], entropy_sum, confidence_map)
 
     return weigh, resolve_rows
 
@@ -372,10 +386,11 @@ def _weigh(scores, weights):
     return _compiled()[0](scores, weights)
 
 
-def resolve(scores, weights, valid, num_classes: int):
+def resolve(scores, weights, valid, num_classes: int, confidence_map: bool = False):
     """Blended scores [h, w, C] and weights [h, w] -> (uint8 mask [h, w], 255 where ``valid``
-    [h, w] is False; stats over the valid pixels). Every per-class step runs in TensorFlow, so
-    on a GPU only the mask and the sums come back."""
+    [h, w] is False; stats over the valid pixels, with ``confidence_map`` also the top class's
+    probability x 255 as uint8 [h, w]). Every per-class step runs in TensorFlow, so on a GPU
+    only the mask, the sums (and the uint8 confidences when asked) come back."""
     import tensorflow as tf
     h, w = scores.shape[:2]
     ph, pw = _round_up(h, PAD_ROWS), _round_up(w, PAD_COLS)
@@ -386,9 +401,11 @@ def resolve(scores, weights, valid, num_classes: int):
     if (ph, pw) != (h, w):
         scores = tf.pad(scores, [[0, ph - h], [0, pw - w], [0, 0]])
         weights = tf.pad(weights, [[0, ph - h], [0, pw - w]], constant_values=1.0)
-    mask, pixels, confidence, entropy = _compiled()[1](scores, weights, keep)
-    return (mask.numpy()[:h, :w], {"pixels": pixels.numpy(), "confidence": confidence.numpy(),
-                                   "entropy": float(entropy.numpy())})
+    mask, pixels, confidence, entropy, top = _compiled()[1](scores, weights, keep)
+    stats = {"pixels": pixels.numpy(), "confidence": confidence.numpy(), "entropy": float(entropy.numpy())}
+    if confidence_map:
+        stats["confidence_map"] = top.numpy()[:h, :w]
+    return mask.numpy()[:h, :w], stats
 
 
 def expected_tiles(height: int, width: int, tile: int, overlap: int, core=None) -> int:
