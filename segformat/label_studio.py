@@ -22,7 +22,7 @@ import urllib.parse
 
 import numpy as np
 
-from segformat.masks import IGNORE_INDEX, background_index
+from segformat.masks import IGNORE_INDEX, AnnotationError, annotation_rle, background_index
 
 WORD_SIZE = 8
 RLE_SIZES = (3, 4, 8, 16)  # Label Studio's defaults: block lengths up to 8, 16, 256 and 65536
@@ -159,11 +159,33 @@ def chosen_annotation(item: dict):
     return max(done, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id", 0)))
 
 
+def later_on_top(regions: list, height: int, width: int) -> list:
+    """[(category, segmentation)] in the annotation's order -> the same regions with each one's
+    pixels that a later region also covers taken out (empty ones dropped), as compressed RLEs.
+
+    In a correction the person's latest region is the intent: Label Studio lists an annotation's
+    regions in the order they were made (the pre-labels first, then what the person added), so a
+    region added over another one wins there, whatever the two regions' sizes. After this no two
+    regions overlap, so the COCO job's own overlap rule (smaller on top) has nothing to decide.
+    AnnotationError for a polygon that is not one (segformat.masks' checks)."""
+    from pycocotools import mask as mask_utils
+    covered = np.zeros((height, width), bool)
+    flattened = []
+    for category, segmentation in reversed(regions):
+        region = mask_utils.decode(annotation_rle(segmentation, height, width)).astype(bool)
+        visible = region & ~covered
+        covered |= region
+        if visible.any():
+            rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
+            flattened.append((category, {"size": rle["size"], "counts": rle["counts"].decode()}))
+    return flattened[::-1]
+
+
 def export_to_coco(items: list, class_names, image_name) -> tuple:
     """A Label Studio JSON export -> (a COCO instances document, [(task id, reason)] not used).
 
-    Brush regions become compressed-RLE segmentations, polygons (points in percent of the image)
-    pixel polygons; ``class_names`` (a model's classes.json order) numbers the categories as
+    Brush regions and polygons (points in percent of the image) become compressed-RLE
+    segmentations, overlaps resolved by ``later_on_top``; ``class_names`` (a model's classes.json order) numbers the categories as
     ``category_indices`` maps them back: with a background first, 1..N; without one, every class,
     and each image gets one crowd region of category "unlabeled" over the whole frame, so that the
     pixels no region covers become 255 under the COCO job's default ``--crowd ignore``.
@@ -213,6 +235,11 @@ def export_to_coco(items: list, class_names, image_name) -> tuple:
                 problem = f"malformed_{'rle' if kind == 'brushlabels' else 'polygon'}: {error}"[:200]
                 break
             converted.append((index[label], segmentation))
+        if problem is None:
+            try:
+                converted = later_on_top(converted, height, width)
+            except AnnotationError as error:
+                problem = f"malformed_polygon: {error.reason}"
         if problem is not None:  # one bad region: the task is not used (a partly labelled mask would lie)
             unused.append((item.get("id"), problem))
             continue

@@ -174,6 +174,42 @@ def test_a_label_studio_export_becomes_a_dataset_and_skipped_tasks_are_reported(
     assert [c["name"] for c in sorted(classes["classes"], key=lambda c: c["index"])] == NAMES
 
 
+def test_in_a_label_studio_correction_the_later_region_lies_on_top(tmp_path):
+    """A person extends the road over a car with a new, larger road region: the road wins there
+    (the COCO rule alone, smaller on top, would keep the car); the car stays elsewhere."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from pipelines import labelstudio_to_tfrecord
+    from segformat.label_studio import labeling_config
+    from tests.helpers import read_records
+    h, w = 30, 40
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(images / "a.png")
+    road, car, stroke, water = (np.zeros((h, w), bool) for _ in range(4))
+    road[10:30] = True
+    car[12:20, 5:15] = True  # 80 pixels
+    stroke[8:22, 0:12] = True  # 168 pixels, over most of the car
+    water[0:4, 30:40] = True
+    order = [("road", road), ("building", car), ("road", stroke), ("water", water)]
+    truth = np.zeros((h, w), np.uint8)
+    for name, region in order:  # painted in the annotation's order: the later on top
+        truth[region] = NAMES.index(name)
+    assert (truth == NAMES.index("building")).sum() == 24  # the car keeps its columns 12-14
+    results = [{"type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": w,
+                "original_height": h, "value": {"format": "rle", "brushlabels": [name],
+                                                 "rle": mask2rle(region.astype(np.uint8) * 255)}}
+               for name, region in order]
+    items = [{"id": 1, "data": {"image": f"/data/local-files/?d={images.as_posix().lstrip('/')}/a.png"},
+              "annotations": [{"id": 7, "result": results, "was_cancelled": False}]}]
+    (tmp_path / "export.json").write_text(json.dumps(items))
+    (tmp_path / "config.xml").write_text(labeling_config(NAMES, [(0, 0, 0)] * 4))
+    labelstudio_to_tfrecord.run(["--export", str(tmp_path / "export.json"), "--images", str(images),
+                                 "--classes", str(tmp_path / "config.xml"), "--output_dir", str(tmp_path / "out")])
+    (record,) = read_records(str(tmp_path / "out/*.tfrecord")).values()
+    assert np.array_equal(record["mask"], truth)
+
+
 def test_bad_items_of_a_label_studio_export_are_listed_with_reasons_and_the_rest_converted():
     from label_studio_sdk.converter.brush import mask2rle
 
