@@ -111,7 +111,7 @@ def main(argv=None):
     server.shutdown()
     assert {os.path.basename(p) for p in paths} <= precomputed
     result = {"cores": os.cpu_count(), "photo": [args.width, args.height], "requests": args.requests,
-              "model": model}
+              "model_dir": model}
     for kind, values in times.items():
         ms = 1000 * np.asarray(values)
         result[kind] = {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
