@@ -219,3 +219,53 @@ def test_webhook_annotations_queue_up_as_an_export_that_segpipe_dataset_labelstu
     first = np.asarray(Image.open(seg / "masks" / names[0]))
     assert np.array_equal(records[names[0]]["mask"], np.where(first == NAMES.index("water"), first, 0))
     assert np.array_equal(records[names[2]]["mask"], np.asarray(Image.open(seg / "masks" / names[2])))
+
+
+def test_images_from_label_studio_with_its_token_and_from_elsewhere_without(served):
+    """Relative URLs (/data/upload/...) and Label Studio's absolute ones are fetched from the
+    host /setup named, with the token /setup sent; any other http URL gets no token."""
+    import http.server
+    seen = []
+    photos = served["photos"]
+
+    class Files(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.server.server_address[1], self.path, self.headers.get("Authorization")))
+            if self.server.needs_token and self.headers.get("Authorization") != "Token t0ken":
+                self.send_response(401)
+                self.end_headers()
+                return
+            data = (photos / self.path.rsplit("/", 1)[1]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+    for needs_token in (True, False):
+        files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+        files.needs_token = needs_token
+        threading.Thread(target=files.serve_forever, daemon=True).start()
+        servers.append(files)
+    studio, other = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    try:
+        status, _ = call(served["url"], "/setup", {"schema": CONFIG, "hostname": studio, "access_token": "t0ken"})
+        assert status == 200
+        tasks = [{"id": 1, "data": {"photo": "/data/upload/3/p2.png"}},
+                 {"id": 2, "data": {"photo": f"{studio}/data/upload/3/p3.png"}},
+                 {"id": 3, "data": {"photo": f"{other}/bucket/p2.png"}}]
+        status, reply = call(served["url"], "/predict", {"tasks": tasks, "label_config": CONFIG})
+        assert status == 200 and all("result" in r for r in reply["results"]), reply
+        truth = np.asarray(Image.open(served["whole"] / "masks" / "p2.png"))
+        assert np.array_equal(decode(reply["results"][0]), truth)
+        ports = [s.server_address[1] for s in servers]
+        assert sorted(seen) == sorted([(ports[0], "/data/upload/3/p2.png", "Token t0ken"),
+                                       (ports[0], "/data/upload/3/p3.png", "Token t0ken"),
+                                       (ports[1], "/bucket/p2.png", None)])
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
