@@ -226,7 +226,9 @@ def gaps(table: dict, rounds: int) -> list:
             continue
         gap = table[best][r]["mean"] - table["random"][r]["mean"]
         spread = max(table[best][r]["std"], table["random"][r]["std"])
-        result.append({"round": r, "best": best, "gap": gap, "spread": spread, "exceeds_spread": abs(gap) > spread})
+        several = len(table["random"][r]["values"]) > 1  # one seed has no spread to exceed
+        result.append({"round": r, "best": best, "gap": gap, "spread": spread,
+                       "exceeds_spread": abs(gap) > spread if several else None})
     return result
 
 
@@ -242,8 +244,8 @@ def markdown(table: dict, gap_rows: list, seeds: int) -> str:
     lines.append(f"Test mean IoU over {seeds} seeds. Best arm minus random per round:")
     lines.append("")
     for g in gap_rows:
-        lines.append(f"- round {g['round']}: {g['best']} {g['gap']:+.3f} (spread {g['spread']:.3f}: "
-                     f"{'exceeds' if g['exceeds_spread'] else 'within'} it)")
+        verdict = {True: "exceeds it", False: "within it", None: "one seed, no spread"}[g["exceeds_spread"]]
+        lines.append(f"- round {g['round']}: {g['best']} {g['gap']:+.3f} (spread {g['spread']:.3f}: {verdict})")
     return "\n".join(lines)
 
 

@@ -46,6 +46,79 @@ def is_chief() -> bool:
                                                     and "chief" not in tf_config.get("cluster", {}))
 
 
+def multi_worker_workarounds(model, strategy) -> None:
+    """Two of Keras 3's steps that fail under MultiWorkerMirroredStrategy (keras-team/keras#20585,
+    open; seen with Keras 3.15 and TensorFlow 2.21), mended for this model:
+
+    * before fit, Keras peeks at one distributed batch and reduces it across replicas with
+      ``strategy.reduce`` to build the model symbolically, which the collective strategy cannot do
+      eagerly ("Attempt to convert a value (PerReplica ...)"); the build needs only the batch's
+      structure and shapes, so this replica's part is handed to it;
+    * after each step, Keras averages the step's logs over the replicas with
+      ``strategy.reduce("MEAN", v, axis=0)``, which fails on the scalar loss and metrics; scalars
+      are averaged over the replicas (``axis=None``), anything else as Keras does.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    if not getattr(tf_trainer.reduce_per_replica, "segpipe_mended", False):
+        keras_reduce = tf_trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction not in ("auto", "mean") or not tf_trainer._collective_all_reduce_multi_worker(strategy):
+                return keras_reduce(values, strategy, reduction)
+
+            def one(value):
+                if isinstance(value, tf.distribute.DistributedValues) or tf.is_tensor(value):
+                    if value.shape.rank == 0:
+                        return strategy.reduce("MEAN", value, axis=None)
+                return keras_reduce(value, strategy, reduction)
+            return keras.tree.map_structure(one, values)
+
+        reduce_per_replica.segpipe_mended = True
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    keras_build = model._maybe_symbolic_build
+
+    def local_part(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = keras.tree.map_structure(local_part, next(batches))
+                break
+        return keras_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build
+
+
+def shard_between_workers(ds, pattern: str, split: str, workers: int):
+    """How tf.distribute splits ``ds`` between the workers of a multi-worker run, so that each
+    example is read by one worker per pass: by shard file when there are at least as many files
+    as workers (each reads only its files), else by example (each reads every file and keeps its
+    share; a dataset of one shard has no files to hand out)."""
+    if workers < 2 or ds is None:
+        return ds
+    files = len(dataset.list_shards(pattern, split))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.FILE
+                                                         if files >= workers else
+                                                         tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(options)
+
+
+def task_index() -> int:
+    return int(json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {}).get("index", 0))
+
+
+def worker_count() -> int:
+    """Machines in TF_CONFIG's cluster (chief and workers), 1 without one."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+    return max(1, sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")))
+
+
 def set_precision(policy: str) -> str:
     if policy == "auto":
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
@@ -207,6 +280,15 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     # Repeated, with validation_steps: Keras keeps one iterator across epochs.
     val_ds = dataset.evaluation_dataset(val_data, "val").repeat() if val_data else None
     val_steps = dataset.count_examples(val_data, "val") if val_data else None
+    workers = worker_count()
+    train_ds = shard_between_workers(train_ds, train_data, "train", workers)
+    if workers > 1 and val_ds is not None:
+        # Validation runs at full image size, one image a batch (photos differ in size); Keras
+        # would split each such batch between the workers, leaving some with none (a BatchNorm
+        # shape error). The exported model is evaluated afterwards: segpipe evaluate.
+        LOG.warning("%d workers: no validation during training (evaluate the exported model with segpipe "
+                    "evaluate); model.keras is the last epoch's", workers)
+        val_ds = val_steps = None
     weights = None
     if config.class_weights:
         weights = class_weights_from_stats(f"{dataset.dataset_dir(train_data)}/stats.json", num_classes)
@@ -214,14 +296,18 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
         model = build_model(config, num_classes)
         model.compile(optimizer=make_optimizer(config, total_steps), loss=MaskedCrossEntropy(class_weights=weights),
                       metrics=[ConfusionMatrixMetric(num_classes)])
+    multi_worker_workarounds(model, strategy)
 
     chief = is_chief()
-    scratch = model_dir if chief else f"{model_dir}/worker-tmp-{os.getpid()}"
+    # A worker other than the chief writes its logs, history and backups (Keras would have them race
+    # on the chief's files) to a folder of its own, named by its task index so that a restarted
+    # worker finds its backup; removed when training ends.
+    scratch = model_dir if chief else f"{model_dir}/worker-{task_index()}-tmp"
     # Per epoch, in this order: the history row, the best model, then the backup (the commit
     # point). A kill between them is undone on resume: trim_history drops the rows of epochs the
     # backup lacks, and every file is replaced by rename (save_atomic), never left half-written.
-    repair_backup(f"{model_dir}/backup")
-    trim_history(f"{scratch}/history.csv", f"{model_dir}/backup")
+    repair_backup(f"{scratch}/backup")
+    trim_history(f"{scratch}/history.csv", f"{scratch}/backup")
     for stale in tf.io.gfile.glob(f"{scratch}/*.tmp-*.keras"):  # a save cut short by a kill
         tf.io.gfile.remove(stale)
     callbacks = [
@@ -238,7 +324,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
         callbacks.append(keep_best(best_path, "val_mean_iou", best_logged(f"{scratch}/history.csv", "val_mean_iou")
                                    if tf.io.gfile.exists(best_path) else None))
     # double_checkpoint: the previous epoch's backup is kept, and used if the latest one is damaged.
-    callbacks.append(keras.callbacks.BackupAndRestore(f"{model_dir}/backup", save_freq="epoch",
+    callbacks.append(keras.callbacks.BackupAndRestore(f"{scratch}/backup", save_freq="epoch",
                                                       delete_checkpoint=False, double_checkpoint=True))
     callbacks.extend(extra_callbacks)  # after the backup, so they see a saved epoch
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
@@ -251,6 +337,8 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
         with tf.io.gfile.GFile(f"{model_dir}/train_config.json", "w") as handle:
             json.dump(dataclasses.asdict(config), handle, indent=2)
         LOG.info("exported %s/model.keras", model_dir)
+    else:  # a worker's logs, history and checkpoints are its own copies: the chief's are the run's
+        tf.io.gfile.rmtree(scratch)
     return {k: [float(x) for x in v] for k, v in history.history.items()}
 
 

@@ -211,3 +211,74 @@ def test_segpipe_train_exports_the_layout_its_flag_names(demo_dataset, tmp_path)
     model = keras.models.load_model(tmp_path / "model.keras")
     scores = model(np.zeros((2, 3, 40, 56), np.float32))
     assert set(scores) == {"out"} and tuple(scores["out"].shape) == (2, 4, 40, 56)
+
+
+def _worker_command(demo_dataset, model_dir, epochs):
+    return [sys.executable, "-m", "segcli.main", "train", "--train_data", str(demo_dataset / "train-*.tfrecord"),
+            "--val_data", str(demo_dataset / "val-*.tfrecord"), "--model_dir", str(model_dir), "--config", "tiny",
+            "--epochs", str(epochs), "--image_size", "64", "--batch_size", "8", "--progress", "0"]
+
+
+def _start_workers(demo_dataset, model_dir, epochs, ports, logs):
+    import os
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(len(ports)):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(_worker_command(demo_dataset, model_dir, epochs), env=env,
+                                          cwd=Path(__file__).resolve().parents[1],
+                                          stdout=open(logs / f"worker{index}.log", "a"), stderr=subprocess.STDOUT))
+    return processes
+
+
+def _free_ports(n):
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_together_and_resume_after_one_is_killed(demo_dataset, tmp_path):
+    """The documented multi-machine path on one machine: two `segpipe train` processes with a
+    TF_CONFIG naming two workers on 127.0.0.1 (MultiWorkerMirroredStrategy). Both exit 0; the
+    model folder holds one copy of each file, the chief's (worker 0's); the other worker's own
+    copies are gone. A worker killed mid-run: both commands again resume from the last backup and
+    every epoch is in history.csv once."""
+    import signal
+    import time
+    model_dir = tmp_path / "model"
+    ports = _free_ports(2)
+    workers = _start_workers(demo_dataset, model_dir, 4, ports, tmp_path)
+    backup = model_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (backup.exists() and backup.read_text().strip()
+                                          and json.loads(backup.read_text())["epoch"] >= 1):
+        assert all(w.poll() is None for w in workers), (tmp_path / "worker0.log").read_text()[-3000:]
+        time.sleep(0.5)
+    workers[1].send_signal(signal.SIGKILL)  # worker 1 dies mid-run; worker 0 cannot go on without it
+    workers[1].wait()
+    try:
+        workers[0].wait(120)
+    except subprocess.TimeoutExpired:
+        workers[0].kill()
+        workers[0].wait()
+    assert not (model_dir / "model.keras").exists()
+
+    workers = _start_workers(demo_dataset, model_dir, 4, _free_ports(2), tmp_path)
+    codes = [w.wait(600) for w in workers]
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
+    log = (tmp_path / "worker0.log").read_text()
+    assert "replicas" in log and "2 workers" in log  # the run was a two-worker one
+    with open(model_dir / "history.csv") as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
+    assert epochs == [0, 1, 2, 3]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "backup", "classes.json", "history.csv", "logs", "model.keras", "train_config.json"]
+    register_custom_objects()
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    assert model.output_shape[-1] == 4
