@@ -39,7 +39,12 @@ class PadToMultiple(keras.layers.Layer):
         shape = ops.shape(x)
         pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
         pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
-        return ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        padded = ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        if x.shape[-1] is not None:
+            # A pad by computed amounts has no static shape for TFLite's converter, whose
+            # convolutions need the channels (CONV_2D, not a Flex op): a reshape (no copy) names them.
+            padded = ops.reshape(padded, (shape[0], shape[1] + pad_h, shape[2] + pad_w, x.shape[-1]))
+        return padded
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], None, None, input_shape[3])
