@@ -7,6 +7,7 @@
     segpipe train ...           train an FCN                        (segmodel.train)
     segpipe evaluate ...        metrics.json at full image size     (segmodel.evaluate)
     segpipe export ...          the model as a SavedModel or TFLite (segmodel.formats)
+    segpipe vertex-train ... -- TRAIN_FLAGS   training on Vertex AI (pipelines.vertex_train)
     segpipe segment ...         batch segmentation with Beam        (pipelines.batch_segment)
     segpipe review ...          a labeling batch from the review queue  (pipelines.review)
     segpipe report ...          static HTML report                  (pipelines.report)
@@ -45,6 +46,7 @@ COMMANDS = {
                                    uses_tf=False),
     ("train",): Command("segcli.train", "segmodel.train", "main", beam_flags=False, uses_tf=True),
     ("evaluate",): Command("segcli.evaluate", "segmodel.evaluate", "main", beam_flags=False, uses_tf=True),
+    ("vertex-train",): Command("segcli.vertex", "pipelines.vertex_train", "main", beam_flags=False, uses_tf=False),
     ("export",): Command("segcli.export", "segmodel.formats", "main", beam_flags=False, uses_tf=True),
     ("segment",): Command("segcli.segment", "pipelines.batch_segment", "run", beam_flags=True, uses_tf=True),
     ("review",): Command("segcli.review", "pipelines.review", "main", beam_flags=False, uses_tf=False),

@@ -1,11 +1,13 @@
-"""The GPU worker image (docker/Dockerfile.gpu) builds from a context holding every package
-setup.py lists: the files its COPY lines bring are enough to build the same wheel as the repository."""
+"""The GPU worker image (docker/Dockerfile.gpu) and the training image (docker/Dockerfile.train)
+build from a context holding every package setup.py lists: the files its COPY lines bring are enough to build the same wheel as the repository."""
 import re
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,9 +21,10 @@ def wheel_packages(source: Path, out: Path) -> set:
                 if name.endswith(".py") and ".dist-info" not in name}
 
 
-def test_gpu_image_context_builds_every_package(tmp_path):
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.gpu", "Dockerfile.train"])
+def test_image_context_builds_every_package(tmp_path, dockerfile):
     context = tmp_path / "image"
-    copies = re.findall(r"^COPY\s+(.+)$", (ROOT / "docker/Dockerfile.gpu").read_text(), re.MULTILINE)
+    copies = re.findall(r"^COPY\s+(.+)$", (ROOT / "docker" / dockerfile).read_text(), re.MULTILINE)
     assert copies
     for line in copies:
         *sources, destination = line.split()
