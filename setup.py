@@ -43,6 +43,8 @@ setuptools.setup(
         "vectors": ["fiona>=1.9,<2"],
         # the CVAT auto-annotation function (pipelines.labeling.cvat_function) and the cvat-cli that runs it
         "cvat": ["cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3"],
+        # segpipe export --format onnx
+        "onnx": ["tf2onnx>=1.16,<2"],
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5", "rio-cogeo>=5,<8",
@@ -54,7 +56,9 @@ setuptools.setup(
                  "datumaro>=1.10,<2",
                  "fiona>=1.9,<2",
                  # the CVAT function run through cvat-sdk's and cvat-cli's own machinery
-                 "cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3"],
+                 "cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3",
+                 # the ONNX export, converted by tf2onnx and run by onnxruntime
+                 "tf2onnx>=1.16,<2", "onnxruntime>=1.17,<2"],
     },
     entry_points={"console_scripts": ["segpipe=segcli.main:main"]},
 )

@@ -8,6 +8,9 @@
 * ``tflite``: a TensorFlow Lite flatbuffer of ``serving_pixels`` (float32 weights, or float16
   with ``--precision float16``: half the size), any height and width
   (``interpreter.resize_tensor_input``).
+* ``onnx``: ``serving_pixels`` converted by tf2onnx (the ``onnx`` extra) for onnxruntime and
+  other ONNX runtimes: input ``pixels`` (uint8 [N, H, W, 3], any height and width), outputs
+  ``classes`` and ``scores`` as above.
 
 Both compute what the Keras model computes (softmax of its scores, argmax); the tests check them
 in their own runtimes against the Keras model on real photos at odd sizes.
@@ -66,6 +69,29 @@ def save_tflite(model, path: str, precision: str = "float32") -> None:
     tf.io.gfile.rename(temp, path, overwrite=True)
 
 
+# ONNX's opset 17 (2022): every current runtime reads it, and it has every operator the FCN needs.
+ONNX_OPSET = 17
+
+
+def save_onnx(model, path: str) -> None:
+    """``serving_pixels`` as an ONNX model at ``path``, through tf2onnx's own converter on the
+    SavedModel (its command line: the path tf2onnx documents and tests for SavedModels)."""
+    import subprocess
+    import sys
+    with tempfile.TemporaryDirectory() as folder:
+        save_savedmodel(model, f"{folder}/savedmodel")
+        local = f"{folder}/model.onnx"
+        done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", f"{folder}/savedmodel",
+                               "--signature_def", "serving_pixels", "--opset", str(ONNX_OPSET), "--output", local],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not os.path.exists(local):
+            raise RuntimeError(f"tf2onnx could not convert the model (pip install 'segpipe[onnx]'): "
+                               f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        temp = f"{path}.tmp"
+        tf.io.gfile.copy(local, temp, overwrite=True)
+        tf.io.gfile.rename(temp, path, overwrite=True)
+
+
 def export(model_dir: str, output: str, fmt: str, precision: str = "float32") -> str:
     """MODEL (model.keras + classes.json) -> ``output`` in ``fmt``; classes.json is copied beside it."""
     if fmt not in FORMATS:
@@ -81,7 +107,7 @@ def export(model_dir: str, output: str, fmt: str, precision: str = "float32") ->
         tf.io.gfile.rename(temp, output)
         classes = f"{output.rstrip('/')}/assets.extra/classes.json"
     else:
-        save_tflite(model, output, precision)
+        (save_tflite(model, output, precision) if fmt == "tflite" else save_onnx(model, output))
         classes = os.path.splitext(output)[0] + ".classes.json"
     source = f"{model_dir.rstrip('/')}/classes.json" if not model_dir.endswith(".keras") else None
     if source and tf.io.gfile.exists(source):

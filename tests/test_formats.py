@@ -114,9 +114,25 @@ def test_tflite_in_the_tflite_interpreter_equals_the_keras_model(model_and_photo
         assert out.stat().st_size < 0.6 * (tmp_path / "f32.tflite").stat().st_size
 
 
+def test_onnx_in_onnxruntime_equals_the_keras_model(model_and_photos, tmp_path):
+    import onnxruntime
+
+    from segmodel import formats
+    folder, images = model_and_photos
+    out = tmp_path / "model.onnx"
+    formats.export(str(folder), str(out), "onnx")
+    assert json.loads((tmp_path / "model.classes.json").read_text())["classes"][2]["name"] == "car"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixels"]
+    for k, image in enumerate(images):
+        classes, scores = session.run(["classes", "scores"], {"pixels": image[None]})
+        agreement, difference = agree(classes[0], scores[0], keras_scores(folder, image))
+        assert agreement >= 0.999 and difference < 1e-4, (SIZES[k], agreement, difference)
+
+
 def test_the_command_line_lists_the_formats_the_converter_knows():
     from segcli import export as flags
     from segmodel import formats
-    assert formats.FORMATS == flags.FORMATS == ("savedmodel", "tflite")
+    assert formats.FORMATS == flags.FORMATS == ("savedmodel", "tflite", "onnx")
     with pytest.raises(ValueError, match="format must be one of"):
-        formats.export("nowhere", "out", "onnx")
+        formats.export("nowhere", "out", "torchscript")
