@@ -40,7 +40,7 @@ SKIPPED, PARTS = "skipped", "parts"
 
 
 def output_spec(config: SegmentConfig) -> outputs.OutputSpec:
-    return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays)
+    return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays, config.scores)
 
 
 class PlanChunksFn(beam.DoFn):
@@ -54,7 +54,8 @@ class PlanChunksFn(beam.DoFn):
         rel = posixpath.splitext(image_checks.relative_to(path, self.input_root))[0]
         kind = "geotiff" if rasters.is_geotiff(path) else "image"
         if config.skip_existing and FileSystems.exists(outputs.mask_path(spec, rel, kind)) \
-                and FileSystems.exists(outputs.record_path(spec, rel)):
+                and FileSystems.exists(outputs.record_path(spec, rel)) \
+                and (not spec.scores or FileSystems.exists(outputs.scores_path(spec, rel, kind))):
             with FileSystems.open(outputs.record_path(spec, rel)) as handle:
                 count("images_skipped")
                 yield beam.pvalue.TaggedOutput(SKIPPED, json.loads(handle.read()))

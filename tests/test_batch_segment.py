@@ -207,8 +207,8 @@ def test_bfloat16_precision_is_used_and_keeps_almost_every_pixel(pointwise_model
 
 def test_only_small_descriptions_cross_a_shuffle(pointwise_model, tmp_path, testdata):
     """What goes through every GroupByKey (Reshuffle, the raster parts, the file sinks) stays
-    under 64 KB per input, for photos and for a GeoTIFF cut into a grid of chunks: no pixels, no
-    scores (a 512 x 512 tile of 4-class float32 scores alone is 4 MB)."""
+    under 64 KB per input, for photos and for a GeoTIFF cut into a grid of chunks, with --scores:
+    no pixels, no scores (a 512 x 512 tile of 4-class float32 scores alone is 4 MB)."""
     from tests.shuffle_bytes import counting_shuffles, shuffle_bytes
     model_dir, _ = pointwise_model
     inputs = tmp_path / "in"
@@ -219,7 +219,7 @@ def test_only_small_descriptions_cross_a_shuffle(pointwise_model, tmp_path, test
     for pattern, inputs_count, pixels in ((f"{inputs}/*.png", 3, 3 * 768 * 1024), (f"{inputs}/*.tif", 1, 791 * 718)):
         with counting_shuffles():
             result = segment(model_dir, pattern, tmp_path / f"out{inputs_count}", "--tile_size", "128",
-                             "--tile_overlap", "16", "--chunk_size", "256")
+                             "--tile_overlap", "16", "--chunk_size", "256", "--scores")
         sizes = shuffle_bytes(result)
         counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
         assert counters["images_segmented"] == inputs_count
@@ -388,3 +388,38 @@ def test_a_remote_raster_is_read_window_by_window(pointwise_model, tmp_path, gcs
     with rasterio.open(tmp_path / "out/masks/big.tif") as src:
         mask = src.read(1)
     assert np.array_equal(mask, np.asarray(model(image[None].astype("float32"))).argmax(-1)[0])
+
+
+def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(pointwise_model, tmp_path, testdata):
+    """--scores: OUT/scores/REL.png for a photo, a COG for a GeoTIFF (the input's grid, 0 where it
+    is nodata); a raster cut into a grid of chunks gives the scores of one whole pass."""
+    import rasterio
+    from rio_cogeo.cogeo import cog_validate
+    model_dir, model = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = random_image(inputs / "photo.png", 90, 130, 7)
+    shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
+    segment(model_dir, f"{inputs}/*", tmp_path / "chunked", "--tile_size", "256", "--tile_overlap", "32",
+            "--chunk_size", "300", "--scores")
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "whole", "--tile_size", "256", "--tile_overlap", "32",
+            "--chunk_size", "4096", "--scores")
+    # the photo (one tile): the model's own softmax, x 255, rounded
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0]
+    scores = np.asarray(Image.open(tmp_path / "chunked/scores/photo.png"))
+    assert scores.dtype == np.uint8 and scores.shape == image.shape[:2]
+    assert np.abs(scores.astype(int) - np.round(probabilities.max(-1) * 255)).max() <= 1
+    assert not list((tmp_path / "chunked/.parts").rglob("*.tif"))  # mask and scores parts cleaned up
+    valid, errors, _ = cog_validate(str(tmp_path / "chunked/scores/landsat.tif"))
+    assert valid and not errors, errors
+    with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src, \
+            rasterio.open(tmp_path / "chunked/scores/landsat.tif") as chunked, \
+            rasterio.open(tmp_path / "whole/scores/landsat.tif") as whole:
+        assert chunked.crs == src.crs and chunked.transform == src.transform and chunked.nodata == 0
+        nodata = src.dataset_mask() == 0
+        a, b = chunked.read(1).astype(int), whole.read(1).astype(int)
+        image = src.read().transpose(1, 2, 0)
+    assert nodata.any() and np.all(a[nodata] == 0) and np.all(a[~nodata] >= 1)
+    assert np.abs(a - b).max() <= 1  # float32 sums in another order, then rounded
+    top = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0].max(-1)
+    assert np.abs(a[~nodata] - np.round(top[~nodata] * 255)).max() <= 1  # a pointwise model: blending changes nothing

@@ -155,7 +155,7 @@ def open_part(path: str):
         return open_raster(path)
 
 
-def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> str:
+def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict | None, nodata: int = IGNORE_INDEX) -> str:
     """Writes mask windows [(row, col, uint8 array)] one at a time into a tiled GeoTIFF with the
     input's CRS and transform, converts it to a Cloud-Optimized GeoTIFF and moves it to ``path``
     atomically. Returns the local COG's path for further reading (the caller deletes its folder)."""
@@ -165,10 +165,11 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict) -> s
     limit_gdal_cache()
     workdir = tempfile.mkdtemp(prefix="segpipe-mask-")
     plain = os.path.join(workdir, "plain.tif")
-    with rasterio.open(plain, "w", **mask_profile(info)) as dst:
+    with rasterio.open(plain, "w", **dict(mask_profile(info), nodata=nodata)) as dst:
         for row, col, data in windows:
             dst.write(data[None], window=Window(col, row, data.shape[1], data.shape[0]))
-        dst.write_colormap(1, colormap)
+        if colormap is not None:
+            dst.write_colormap(1, colormap)
     cog = os.path.join(workdir, "cog.tif")
     # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
     # (GDAL < 3.1) is an installation to fix, reported as this input's error record.

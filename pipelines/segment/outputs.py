@@ -47,18 +47,28 @@ class OutputSpec:
     output_dir: str
     class_names: tuple
     overlays: bool = False
+    scores: bool = False
+
+
+# A scores raster's nodata: no valid pixel scores 0 (the top class's probability is at least 1/C,
+# x 255 and rounded at least 1 for up to 255 classes).
+SCORES_NODATA = 0
 
 
 def mask_path(spec: OutputSpec, rel: str, kind: str) -> str:
     return f"{spec.output_dir}/masks/{rel}{'.tif' if kind == 'geotiff' else '.png'}"
 
 
+def scores_path(spec: OutputSpec, rel: str, kind: str) -> str:
+    return f"{spec.output_dir}/scores/{rel}{'.tif' if kind == 'geotiff' else '.png'}"
+
+
 def record_path(spec: OutputSpec, rel: str) -> str:
     return f"{spec.output_dir}/masks/{rel}.json"
 
 
-def part_path(spec: OutputSpec, chunk: Chunk) -> str:
-    return f"{spec.output_dir}/.parts/{chunk.rel}/chunk-{chunk.grid[0]:05d}-{chunk.grid[1]:05d}.tif"
+def part_path(spec: OutputSpec, chunk: Chunk, what: str = "chunk") -> str:
+    return f"{spec.output_dir}/.parts/{chunk.rel}/{what}-{chunk.grid[0]:05d}-{chunk.grid[1]:05d}.tif"
 
 
 class ChunkWriter:
@@ -73,19 +83,23 @@ class ChunkWriter:
         chunk = job.chunk
         if error is not None:  # the input could not be read or segmented
             return {"error": failure_record(chunk.source, error)}
+        stats = dict(stats)
+        confidence = stats.pop("confidence_map", None)  # pixels: written here, never in an outcome
         try:
             if not chunk.whole:
-                return {"part": self._write_part(chunk, mask, stats)}
+                return {"part": self._write_part(chunk, mask, stats, confidence)}
             if chunk.kind == "image":
-                return {"record": self._write_photo(job, chunk, mask, stats)}
-            return {"record": self._write_raster(chunk, mask, stats)}
+                return {"record": self._write_photo(job, chunk, mask, stats, confidence)}
+            return {"record": self._write_raster(chunk, mask, stats, confidence)}
         except Exception as e:  # one input's failure is its error record, never the job's end
             return {"error": write_failure(chunk.source, e)}
 
-    def _write_photo(self, job, chunk: Chunk, mask, stats) -> dict:
+    def _write_photo(self, job, chunk: Chunk, mask, stats, confidence=None) -> dict:
         height, width = mask.shape
         path = mask_path(self.spec, chunk.rel, "image")
         rasters.write_png(path, mask)
+        if self.spec.scores:
+            rasters.write_png(scores_path(self.spec, chunk.rel, "image"), confidence)
         if self.spec.overlays and job.image is not None:
             from PIL import Image
             buffer = io.BytesIO()
@@ -94,11 +108,15 @@ class ChunkWriter:
         info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
         return self._finish_from_memory(info, path, mask, stats)
 
-    def _write_raster(self, chunk: Chunk, mask, stats) -> dict:
+    def _write_raster(self, chunk: Chunk, mask, stats, confidence=None) -> dict:
         path = mask_path(self.spec, chunk.rel, "geotiff")
         local = rasters.write_geotiff_mask(path, chunk.info, [(0, 0, mask)],
                                            palette.geotiff_colormap(len(self.spec.class_names)))
         shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        if self.spec.scores:
+            local = rasters.write_geotiff_mask(scores_path(self.spec, chunk.rel, "geotiff"), chunk.info,
+                                               [(0, 0, confidence)], None, SCORES_NODATA)
+            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         return self._finish_from_memory(chunk.info, path, mask, stats)
 
     def _finish_from_memory(self, info, path: str, mask, stats) -> dict:
@@ -106,16 +124,22 @@ class ChunkWriter:
         runs = class_runs(lambda c0, c1: mask[:, c0:c1], info.height, info.width, present_classes(stats, self.spec.class_names))
         return finish_input(self.spec, info, path, stats, runs)
 
-    def _write_part(self, chunk: Chunk, mask, stats) -> dict:
+    def _write_part(self, chunk: Chunk, mask, stats, confidence=None) -> dict:
         path = part_path(self.spec, chunk)
+        part = {"path": path, "core": chunk.core, "stats": {k: np.asarray(v).tolist() for k, v in stats.items()}}
+        files = [(path, mask)]
+        if self.spec.scores:
+            part["scores_path"] = part_path(self.spec, chunk, "scores")
+            files.append((part["scores_path"], confidence))
         workdir = tempfile.mkdtemp(prefix="segpipe-part-")
         try:
-            local = os.path.join(workdir, "part.tif")
-            rasters.write_plain_tiff(local, mask)
-            upload_atomic(local, path, "image/tiff")
+            for target, data in files:
+                local = os.path.join(workdir, "part.tif")
+                rasters.write_plain_tiff(local, data)
+                upload_atomic(local, target, "image/tiff")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return {"path": path, "core": chunk.core, "stats": {k: np.asarray(v).tolist() for k, v in stats.items()}}
+        return part
 
 
 def failure_record(source: str, error: Exception) -> dict:
@@ -167,22 +191,28 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
                                   info.height, info.width, present_classes(totals, spec.class_names))
         finally:
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        if spec.scores:
+            local = rasters.write_geotiff_mask(scores_path(spec, rel, "geotiff"), info,
+                                               _merged_bands(info, parts, "scores_path", SCORES_NODATA), None,
+                                               SCORES_NODATA)
+            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         return {"record": finish_input(spec, info, path, totals, runs)}
     except Exception as e:
         return {"error": write_failure(first.source, e)}
     finally:
         if parts:
-            FileSystems.delete([p["path"] for p in parts])
+            FileSystems.delete([p[key] for p in parts for key in ("path", "scores_path") if key in p])
 
 
-def _merged_bands(info, parts):
-    """(row, 0, uint8 [rows, width]) bands of MERGE_ROWS rows, each assembled from the parts it crosses."""
+def _merged_bands(info, parts, key: str = "path", fill: int = IGNORE_INDEX):
+    """(row, 0, uint8 [rows, width]) bands of MERGE_ROWS rows, each assembled from the parts
+    (their ``key`` files) it crosses."""
     from rasterio.windows import Window
-    opened = [(p["core"], rasters.open_part(p["path"])) for p in parts]
+    opened = [(p["core"], rasters.open_part(p[key])) for p in parts]
     try:
         for top in range(0, info.height, MERGE_ROWS):
             bottom = min(info.height, top + MERGE_ROWS)
-            band = np.full((bottom - top, info.width), IGNORE_INDEX, np.uint8)
+            band = np.full((bottom - top, info.width), fill, np.uint8)
             for (r0, r1, c0, c1), src in opened:
                 a, b = max(top, r0), min(bottom, r1)
                 if a < b:
