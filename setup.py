@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     # Pillow (which fills the rest grey) but stops TensorFlow's decoder in the trainer; the
     # dataset jobs check JPEGs with it (found by tests/test_fuzz.py).
     "simplejpeg>=1.7,<2",
+    # STAC Items and a Collection for segmented GeoTIFFs (what GIS catalogues and maps load).
+    "pystac>=1.10,<2",
 ]
 
 setuptools.setup(

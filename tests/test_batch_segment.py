@@ -423,3 +423,45 @@ def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(poi
     assert np.abs(a - b).max() <= 1  # float32 sums in another order, then rounded
     top = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0].max(-1)
     assert np.abs(a[~nodata] - np.round(top[~nodata] * 255)).max() <= 1  # a pointwise model: blending changes nothing
+
+
+def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classes(pointwise_model, tmp_path, testdata):
+    """OUT/stac: a Collection and an Item per GeoTIFF, validated with pystac against the STAC
+    core schemas it ships (offline); the extensions' fields checked against rasterio's reading
+    of the input and the model's class table."""
+    import pystac
+    import pystac.validation
+    import rasterio
+    from rasterio.warp import transform_bounds
+    model_dir, _ = pointwise_model
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
+    random_image(inputs / "photo.png", 40, 50, 3)
+    segment(model_dir, f"{inputs}/*", tmp_path / "out", "--tile_size", "256", "--chunk_size", "300", "--scores")
+    stac = tmp_path / "out" / "stac"
+    collection = json.loads((stac / "collection.json").read_text())
+    item_links = [link["href"] for link in collection["links"] if link["rel"] == "item"]
+    assert item_links == ["items/landsat.json"]  # the photo has no CRS: no Item
+    item = json.loads((stac / "items" / "landsat.json").read_text())
+    # core schemas, offline (pystac's own copies); the extension fields checked by hand below
+    assert pystac.validation.validate_dict(item, extensions=[]) is not None
+    assert pystac.validation.validate_dict(collection, extensions=[]) is not None
+    with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src:
+        assert item["properties"]["proj:code"] == f"EPSG:{src.crs.to_epsg()}"
+        assert item["properties"]["proj:shape"] == [src.height, src.width]
+        assert item["properties"]["proj:transform"] == list(src.transform)[:6]
+        west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+    assert item["bbox"] == pytest.approx([west, south, east, north], abs=1e-9)
+    assert any("projection" in e for e in item["stac_extensions"]) and any("classification" in e
+                                                                            for e in item["stac_extensions"])
+    assets = item["assets"]
+    assert set(assets) == {"mask", "scores", "record"}
+    for key, asset in assets.items():  # hrefs relative to the Item, pointing at the real files
+        assert (stac / "items" / asset["href"]).resolve().is_file(), key
+    assert assets["mask"]["roles"] == ["data"] and "cloud-optimized" in assets["mask"]["type"]
+    assert "confidence" in assets["scores"]["roles"]
+    classes = {c["value"]: c["description"] for c in assets["mask"]["classification:classes"]}
+    assert classes == {0: "background", 1: "road", 2: "building", 3: "water", 255: "no data"}
+    loaded = pystac.Item.from_file(str(stac / "items" / "landsat.json"))
+    assert loaded.get_self_href() and loaded.assets["mask"].get_absolute_href().endswith("masks/landsat.tif")

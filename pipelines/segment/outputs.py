@@ -270,9 +270,10 @@ def make_record(info, path, names, totals, runs) -> dict:
     }
 
 
-def assemble_outputs(_, record_files, output_dir: str, class_names, model_version: str = "") -> None:
+def assemble_outputs(_, record_files, output_dir: str, class_names, model_version: str = "", scores: bool = False) -> None:
     """Streams the per-input records into summary.jsonl (most uncertain first) and
-    labels_coco.json (image ids 1..N in file-name order), never holding all annotations."""
+    labels_coco.json (image ids 1..N in file-name order), never holding all annotations; and,
+    when GeoTIFFs were segmented, their STAC Items and Collection (pipelines.segment.stac)."""
     files = sorted(f for batch in record_files for f in ([batch] if isinstance(batch, str) else batch))
 
     def records():
@@ -323,3 +324,6 @@ def assemble_outputs(_, record_files, output_dir: str, class_names, model_versio
     write_atomic(f"{output_dir}/classes.json", json.dumps(
         {"ignore_index": IGNORE_INDEX, "classes": [{"index": i, "name": n} for i, n in enumerate(class_names)],
          **({"model_version": model_version} if model_version else {})}, indent=2).encode(), "application/json")
+    if any(name.lower().endswith((".tif", ".tiff")) for name, *_ in index):  # GeoTIFFs: their STAC
+        from pipelines.segment.stac import write_catalog
+        write_catalog(records(), output_dir, class_names, model_version, scores)
