@@ -118,7 +118,8 @@ def write_catalog(records, output_dir: str, class_names, model_version: str, sco
     extent = pystac.Extent(pystac.SpatialExtent([[min(b[0] for b in boxes), min(b[1] for b in boxes),
                                                   max(b[2] for b in boxes), max(b[3] for b in boxes)]]),
                            pystac.TemporalExtent([[min(i.datetime for _, i in items), max(i.datetime for _, i in items)]]))
-    collection = pystac.Collection(id=posixpath.basename(output_dir.rstrip("/")) or "segmentation",
+    # named by the model, not the folder: the same run into another folder writes the same files
+    collection = pystac.Collection(id=f"segpipe-segmentation-{model_version or 'model'}",
                                    description=f"segpipe segment output ({model_version})", extent=extent,
                                    license="other", summaries=pystac.Summaries({"segpipe:classes": list(class_names)}))
     items.sort(key=lambda pair: pair[0])  # the same order on every run
