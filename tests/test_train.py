@@ -282,3 +282,51 @@ def test_two_workers_train_together_and_resume_after_one_is_killed(demo_dataset,
     register_custom_objects()
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
     assert model.output_shape[-1] == 4
+
+
+SHARD_PROBE = """
+import json, os, sys
+import tensorflow as tf
+from segmodel import dataset, features, train
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+pattern, out = sys.argv[1], sys.argv[2]
+names = dataset._records(pattern, shuffle=True, seed=0).map(
+    lambda r: tf.io.parse_single_example(r, features.feature_spec())[features.IMAGE_SOURCE_ID])
+ds = train.shard_between_workers(names.batch(4, drop_remainder=False), pattern, "train", train.worker_count())
+seen = []
+for batch in strategy.experimental_distribute_dataset(ds):
+    for part in strategy.experimental_local_results(batch):
+        seen += [n.decode() for n in part.numpy().tolist()]
+json.dump(seen, open(out, "w"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shards", [1, 4])
+def test_two_workers_read_disjoint_examples_that_cover_the_data(tmp_path, shards):
+    """The sharding a two-worker run uses (train.shard_between_workers, then tf.distribute): one
+    pass over the training records, each worker's examples recorded: disjoint, and together
+    every record once; by file with 4 shards, by example with 1."""
+    import os
+
+    from pipelines import coco_to_tfrecord
+    from pipelines.demo_world import scenes
+    annotations = scenes.write_coco_dataset(str(tmp_path / "coco"), 24, seed=5)
+    coco_to_tfrecord.run(["--annotations", annotations, "--images", str(tmp_path / "coco/images"), "--output_dir",
+                          str(tmp_path / "data"), "--val_fraction", "0", "--num_shards", str(shards)])
+    pattern = str(tmp_path / "data" / "train-*.tfrecord")
+    assert len(list((tmp_path / "data").glob("train-*.tfrecord"))) == shards
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    workers = [subprocess.Popen([sys.executable, "-c", SHARD_PROBE, pattern, str(tmp_path / f"seen{i}.json")],
+                                cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE,
+                                env=dict(os.environ, TF_CONFIG=json.dumps(
+                                    {"cluster": cluster, "task": {"type": "worker", "index": i}})))
+               for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err.decode()[-3000:]
+    seen = [json.loads((tmp_path / f"seen{i}.json").read_text()) for i in range(2)]
+    from tests.helpers import read_records
+    everything = sorted(read_records(pattern))  # {source id: record}, read by plain TF
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == everything
