@@ -40,7 +40,8 @@ SKIPPED, PARTS = "skipped", "parts"
 
 
 def output_spec(config: SegmentConfig) -> outputs.OutputSpec:
-    return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays, config.scores)
+    return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays, config.scores,
+                              config.vectors, config.vector_min_area, config.vector_simplify)
 
 
 class PlanChunksFn(beam.DoFn):
@@ -55,7 +56,8 @@ class PlanChunksFn(beam.DoFn):
         kind = "geotiff" if rasters.is_geotiff(path) else "image"
         if config.skip_existing and FileSystems.exists(outputs.mask_path(spec, rel, kind)) \
                 and FileSystems.exists(outputs.record_path(spec, rel)) \
-                and (not spec.scores or FileSystems.exists(outputs.scores_path(spec, rel, kind))):
+                and (not spec.scores or FileSystems.exists(outputs.scores_path(spec, rel, kind))) \
+                and (not spec.vectors or FileSystems.exists(outputs.vectors_path(spec, rel))):
             with FileSystems.open(outputs.record_path(spec, rel)) as handle:
                 count("images_skipped")
                 yield beam.pvalue.TaggedOutput(SKIPPED, json.loads(handle.read()))

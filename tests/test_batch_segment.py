@@ -207,7 +207,8 @@ def test_bfloat16_precision_is_used_and_keeps_almost_every_pixel(pointwise_model
 
 def test_only_small_descriptions_cross_a_shuffle(pointwise_model, tmp_path, testdata):
     """What goes through every GroupByKey (Reshuffle, the raster parts, the file sinks) stays
-    under 64 KB per input, for photos and for a GeoTIFF cut into a grid of chunks, with --scores:
+    under 64 KB per input, for photos and for a GeoTIFF cut into a grid of chunks, with --scores
+and --vectors:
     no pixels, no scores (a 512 x 512 tile of 4-class float32 scores alone is 4 MB)."""
     from tests.shuffle_bytes import counting_shuffles, shuffle_bytes
     model_dir, _ = pointwise_model
@@ -219,7 +220,7 @@ def test_only_small_descriptions_cross_a_shuffle(pointwise_model, tmp_path, test
     for pattern, inputs_count, pixels in ((f"{inputs}/*.png", 3, 3 * 768 * 1024), (f"{inputs}/*.tif", 1, 791 * 718)):
         with counting_shuffles():
             result = segment(model_dir, pattern, tmp_path / f"out{inputs_count}", "--tile_size", "128",
-                             "--tile_overlap", "16", "--chunk_size", "256", "--scores")
+                             "--tile_overlap", "16", "--chunk_size", "256", "--scores", "--vectors")
         sizes = shuffle_bytes(result)
         counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
         assert counters["images_segmented"] == inputs_count
@@ -465,3 +466,111 @@ def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classe
     assert classes == {0: "background", 1: "road", 2: "building", 3: "water", 255: "no data"}
     loaded = pystac.Item.from_file(str(stac / "items" / "landsat.json"))
     assert loaded.get_self_href() and loaded.assets["mask"].get_absolute_href().endswith("masks/landsat.tif")
+
+
+def components4(region: np.ndarray) -> list:
+    """4-connected components of a boolean array as pixel counts (a flood fill, not rasterio)."""
+    seen = np.zeros_like(region)
+    sizes = []
+    for y, x in zip(*np.nonzero(region)):
+        if seen[y, x]:
+            continue
+        stack, size = [(y, x)], 0
+        seen[y, x] = True
+        while stack:
+            cy, cx = stack.pop()
+            size += 1
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < region.shape[0] and 0 <= nx < region.shape[1] and region[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        sizes.append(size)
+    return sorted(sizes)
+
+
+def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tmp_path):
+    """--vectors: a photo's regions in pixel coordinates; a GeoTIFF cut into a 3 x 3 grid of
+    chunks gives the polygons of one whole pass (regions cut by chunk borders merged), in its CRS,
+    read back with fiona (GDAL's OGR)."""
+    import fiona
+    import rasterio
+    import shapely
+    from rasterio.transform import from_origin
+    from shapely.geometry import shape
+    from tests.helpers import make_color_model
+    (tmp_path / "model").mkdir()
+    model_dir = make_color_model(tmp_path / "model")  # road where red dominates, building green, water blue
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+
+    def blocks(h, w, seed, size):
+        coarse = colors[np.random.default_rng(seed).integers(0, 4, (h // size + 1, w // size + 1))]
+        return coarse.repeat(size, 0).repeat(size, 1)[:h, :w]
+    Image.fromarray(blocks(60, 90, 11, 6)).save(inputs / "photo.png")
+    scene = blocks(640, 700, 12, 23)  # blocks that straddle the chunk borders at 300 and 600
+    with rasterio.open(inputs / "scene.tif", "w", driver="GTiff", height=640, width=700, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10)) as dst:
+        dst.write(scene.transpose(2, 0, 1))
+    segment(model_dir, f"{inputs}/*", tmp_path / "chunked", "--tile_size", "256", "--tile_overlap", "32",
+            "--chunk_size", "300", "--vectors")
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "whole", "--tile_size", "256", "--tile_overlap", "32",
+            "--chunk_size", "4096", "--vectors")
+    assert not [p for p in (tmp_path / "chunked/.parts").rglob("*") if p.is_file()]  # parts cleaned up
+    # the photo: one feature per 4-connected region of each class but the background, its pixel count
+    mask = np.asarray(Image.open(tmp_path / "chunked/masks/photo.png"))
+    photo = json.loads((tmp_path / "chunked/vectors/photo.geojson").read_text())
+    for index, name in enumerate(NAMES[1:], start=1):
+        got = sorted(f["properties"]["area_pixels"] for f in photo["features"] if f["properties"]["class"] == name)
+        assert got == components4(mask == index) and len(got) >= 5, name
+    for feature in photo["features"]:
+        polygon = shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == feature["properties"]["area_pixels"]  # pixel coordinates
+        assert 0 < feature["properties"]["mean_confidence"] <= 1
+    # the scene: chunked == whole (geometries equal), areas in the CRS's units, regions as a flood fill finds them
+    with fiona.open(tmp_path / "chunked/vectors/scene.geojson") as chunked, \
+            fiona.open(tmp_path / "whole/vectors/scene.geojson") as whole:
+        assert chunked.crs.to_epsg() == 32633 and len(chunked) == len(whole) > 20
+        a = sorted((f["properties"]["class"], f["properties"]["area_pixels"], shape(f["geometry"]).bounds,
+                    shape(f["geometry"]).wkt, f["properties"]["mean_confidence"]) for f in chunked)
+        b = sorted((f["properties"]["class"], f["properties"]["area_pixels"], shape(f["geometry"]).bounds,
+                    shape(f["geometry"]).wkt, f["properties"]["mean_confidence"]) for f in whole)
+    assert [x[:3] for x in a] == [x[:3] for x in b]
+    assert all(shapely.equals(shapely.from_wkt(x[3]), shapely.from_wkt(y[3])) for x, y in zip(a, b))
+    assert max(abs(x[4] - y[4]) for x, y in zip(a, b)) <= 1 / 255  # uint8 scores, blended in another order
+    with rasterio.open(tmp_path / "whole/masks/scene.tif") as src:
+        labels = src.read(1)
+    features = json.loads((tmp_path / "chunked/vectors/scene.geojson").read_text())["features"]
+    for feature in features:
+        assert shape(feature["geometry"]).is_valid
+        assert shape(feature["geometry"]).area == pytest.approx(feature["properties"]["area_pixels"] * 100)
+        assert feature["properties"]["area"] == pytest.approx(feature["properties"]["area_pixels"] * 100)
+    for index, name in enumerate(NAMES[1:], start=1):
+        got = sorted(f["properties"]["area_pixels"] for f in features if f["properties"]["class"] == name)
+        assert got == components4(labels == index) and len(got) >= 20, name
+
+
+def test_vector_minimum_area_and_simplification(tmp_path):
+    from shapely.geometry import shape
+
+    from tests.helpers import make_color_model
+    (tmp_path / "model").mkdir()
+    model_dir = make_color_model(tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = np.full((80, 80, 3), 40, np.uint8)
+    yy, xx = np.mgrid[0:80, 0:80]
+    image[(yy - 40) ** 2 + (xx - 40) ** 2 < 30 ** 2] = (220, 30, 30)  # a disc of road: a staircase outline
+    image[2:4, 2:4] = (30, 30, 220)  # a 4-pixel speck of water
+    Image.fromarray(image).save(inputs / "disc.png")
+    runs = {}
+    for name, extra in (("exact", []), ("clean", ["--vector_min_area", "5", "--vector_simplify", "1.5"])):
+        segment(model_dir, f"{inputs}/*.png", tmp_path / name, "--tile_size", "128", "--vectors", *extra)
+        runs[name] = json.loads((tmp_path / name / "vectors/disc.geojson").read_text())["features"]
+    assert sorted(f["properties"]["class"] for f in runs["exact"]) == ["road", "water"]
+    (disc,) = runs["clean"]  # the speck is under 5 pixels
+    exact = shape(next(f for f in runs["exact"] if f["properties"]["class"] == "road")["geometry"])
+    simple = shape(disc["geometry"])
+    assert simple.is_valid and len(simple.exterior.coords) < len(exact.exterior.coords) / 3
+    assert simple.symmetric_difference(exact).area < 0.05 * exact.area  # within the tolerance's band
+    assert disc["properties"]["area_pixels"] == exact.area  # attributes are the region's, not the outline's

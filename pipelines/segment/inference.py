@@ -48,7 +48,7 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
                  batch_size: int, batch_tiles: int, precision: str = "float32", large_model: bool = False,
                  model_copies: int = 1):
         super().__init__()
-        self._confidence_map = writer.spec.scores
+        self._confidence_map = writer.spec.scores or writer.spec.vectors
         self._model, self._writer = model, writer
         self._num_classes, self._tile, self._overlap = num_classes, tile_size, tile_overlap
         self._batch_size, self._batch_tiles, self._precision = batch_size, batch_tiles, precision

@@ -48,6 +48,9 @@ class OutputSpec:
     class_names: tuple
     overlays: bool = False
     scores: bool = False
+    vectors: bool = False
+    vector_min_area: int = 0
+    vector_simplify: float = 0.0
 
 
 # A scores raster's nodata: no valid pixel scores 0 (the top class's probability is at least 1/C,
@@ -61,6 +64,20 @@ def mask_path(spec: OutputSpec, rel: str, kind: str) -> str:
 
 def scores_path(spec: OutputSpec, rel: str, kind: str) -> str:
     return f"{spec.output_dir}/scores/{rel}{'.tif' if kind == 'geotiff' else '.png'}"
+
+
+def vectors_path(spec: OutputSpec, rel: str) -> str:
+    return f"{spec.output_dir}/vectors/{rel}.geojson"
+
+
+def write_vectors(spec: OutputSpec, rel: str, regions: list, info) -> None:
+    from rasterio.transform import Affine
+
+    from pipelines.segment import vectors
+    transform = Affine(*info.transform) if info.transform else None
+    collection = vectors.feature_collection(regions, spec.class_names, transform, info.crs or "", info.source,
+                                            spec.vector_min_area, spec.vector_simplify)
+    write_atomic(vectors_path(spec, rel), json.dumps(collection).encode(), "application/geo+json")
 
 
 def record_path(spec: OutputSpec, rel: str) -> str:
@@ -100,12 +117,14 @@ class ChunkWriter:
         rasters.write_png(path, mask)
         if self.spec.scores:
             rasters.write_png(scores_path(self.spec, chunk.rel, "image"), confidence)
+        info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
+        if self.spec.vectors:
+            self._write_whole_vectors(info, mask, confidence)
         if self.spec.overlays and job.image is not None:
             from PIL import Image
             buffer = io.BytesIO()
             Image.fromarray(palette.overlay(job.image, mask)).save(buffer, format="JPEG", quality=85)
             write_atomic(f"{self.spec.output_dir}/overlays/{chunk.rel}.jpg", buffer.getvalue(), "image/jpeg")
-        info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
         return self._finish_from_memory(info, path, mask, stats)
 
     def _write_raster(self, chunk: Chunk, mask, stats, confidence=None) -> dict:
@@ -117,7 +136,19 @@ class ChunkWriter:
             local = rasters.write_geotiff_mask(scores_path(self.spec, chunk.rel, "geotiff"), chunk.info,
                                                [(0, 0, confidence)], None, SCORES_NODATA)
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        if self.spec.vectors:
+            self._write_whole_vectors(chunk.info, mask, confidence)
         return self._finish_from_memory(chunk.info, path, mask, stats)
+
+    def _skip(self) -> tuple:
+        background = background_index(self.spec.class_names)
+        return () if background is None else (background,)
+
+    def _write_whole_vectors(self, info, mask, confidence) -> None:
+        from pipelines.segment import vectors
+        pieces = vectors.chunk_pieces(mask, confidence, (0, info.height, 0, info.width), info.height, info.width,
+                                      self._skip())
+        write_vectors(self.spec, info.rel, pieces, info)
 
     def _finish_from_memory(self, info, path: str, mask, stats) -> dict:
         """The record of an input whose whole mask is in memory (its COCO runs read from it)."""
@@ -131,6 +162,11 @@ class ChunkWriter:
         if self.spec.scores:
             part["scores_path"] = part_path(self.spec, chunk, "scores")
             files.append((part["scores_path"], confidence))
+        if self.spec.vectors:
+            from pipelines.segment import vectors
+            part["vectors_path"] = part_path(self.spec, chunk, "vectors")[:-len(".tif")] + ".json"
+            vectors.write_pieces(part["vectors_path"], vectors.chunk_pieces(
+                mask, confidence, chunk.core, chunk.info.height, chunk.info.width, self._skip()))
         workdir = tempfile.mkdtemp(prefix="segpipe-part-")
         try:
             for target, data in files:
@@ -191,6 +227,10 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
                                   info.height, info.width, present_classes(totals, spec.class_names))
         finally:
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        if spec.vectors:
+            from pipelines.segment import vectors
+            pieces = [piece for p in parts for piece in vectors.read_pieces(p["vectors_path"])]
+            write_vectors(spec, rel, vectors.merge_pieces(pieces), info)
         if spec.scores:
             local = rasters.write_geotiff_mask(scores_path(spec, rel, "geotiff"), info,
                                                _merged_bands(info, parts, "scores_path", SCORES_NODATA), None,
@@ -201,7 +241,7 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
         return {"error": write_failure(first.source, e)}
     finally:
         if parts:
-            FileSystems.delete([p[key] for p in parts for key in ("path", "scores_path") if key in p])
+            FileSystems.delete([p[key] for p in parts for key in ("path", "scores_path", "vectors_path") if key in p])
 
 
 def _merged_bands(info, parts, key: str = "path", fill: int = IGNORE_INDEX):

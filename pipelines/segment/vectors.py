@@ -1,0 +1,111 @@
+"""Polygons from predicted masks (``segpipe segment --vectors``): one feature per connected region
+of a class, in the raster's CRS (photos: pixel coordinates), merged across chunk borders.
+
+Each chunk is polygonized on its own with rasterio's ``features.shapes`` (GDAL's polygonize,
+4-connected as GDAL's default), in the raster's pixel grid. A region that touches a border the
+chunk shares with a neighbour may continue there: such pieces are kept apart, and when the
+raster's chunks are merged, the pieces of each class are united with shapely (pieces that share
+an edge become one polygon) and their pixel counts and confidence sums added. Everything is in
+pixel units until the end, so the union is exact (pixel edges meet exactly). Only polygons travel
+(as part files, never through a shuffle), so memory stays bounded by a chunk and its polygons.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from segformat.masks import IGNORE_INDEX
+
+
+def chunk_pieces(mask: np.ndarray, confidence: np.ndarray, core: tuple, height: int, width: int, skip=()) -> list:
+    """The regions of one chunk's mask (rows r0..r1, columns c0..c1 of a height x width raster):
+    [{"class", "geometry" (GeoJSON in the raster's pixel coordinates), "pixels", "confidence_sum",
+    "border" (it touches a border shared with another chunk)}]."""
+    import rasterio.features
+    from rasterio.transform import Affine
+    r0, r1, c0, c1 = core
+    pieces = []
+    for geometry, value in rasterio.features.shapes(mask, connectivity=4, transform=Affine.translation(c0, r0)):
+        index = int(value)
+        if index in skip or index == IGNORE_INDEX:
+            continue
+        xs = [x for ring in geometry["coordinates"] for x, _ in ring]
+        ys = [y for ring in geometry["coordinates"] for _, y in ring]
+        x0, y0, x1, y1 = int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys))
+        inside = rasterio.features.rasterize([(geometry, 1)], out_shape=(y1 - y0, x1 - x0),
+                                             transform=Affine.translation(x0, y0), dtype=np.uint8).astype(bool)
+        window = confidence[y0 - r0:y1 - r0, x0 - c0:x1 - c0]
+        border = (x0 == c0 and c0 > 0) or (x1 == c1 and c1 < width) or (y0 == r0 and r0 > 0) or \
+            (y1 == r1 and r1 < height)
+        pieces.append({"class": index, "geometry": geometry, "pixels": int(inside.sum()),
+                       "confidence_sum": float(window[inside].sum()) / 255.0, "border": bool(border)})
+    return pieces
+
+
+def merge_pieces(pieces: list) -> list:
+    """Pieces from all chunks -> regions: the border pieces of each class united (shapely), their
+    pixels and confidence sums added; the others as they are."""
+    import shapely
+    from shapely.geometry import mapping, shape
+    regions = [p for p in pieces if not p["border"]]
+    by_class = {}
+    for piece in pieces:
+        if piece["border"]:
+            by_class.setdefault(piece["class"], []).append(piece)
+    for index, group in sorted(by_class.items()):
+        shapes = [shape(p["geometry"]) for p in group]
+        united = shapely.unary_union(shapes)
+        parts = list(getattr(united, "geoms", [united]))
+        tree = shapely.STRtree(parts)
+        totals = [[0, 0.0] for _ in parts]
+        for piece, geometry in zip(group, shapes):
+            (k,) = tree.query(geometry.representative_point(), predicate="within")[:1]
+            totals[k][0] += piece["pixels"]
+            totals[k][1] += piece["confidence_sum"]
+        for part, (pixels, confidence_sum) in zip(parts, totals):
+            regions.append({"class": index, "geometry": mapping(part), "pixels": pixels,
+                            "confidence_sum": confidence_sum, "border": False})
+    return regions
+
+
+def feature_collection(regions: list, class_names, transform=None, crs: str = "", source: str = "",
+                       min_area: int = 0, simplify: float = 0.0) -> dict:
+    """Regions in pixel coordinates -> a GeoJSON FeatureCollection in the raster's CRS (``transform``:
+    its affine, pixel -> CRS; None: pixel coordinates). ``min_area`` in pixels; ``simplify``: a
+    tolerance in pixels, topology-preserving (shapely), holes kept."""
+    import shapely
+    from shapely.geometry import mapping, shape
+    features = []
+    pixel_area = abs(transform.a * transform.e - transform.b * transform.d) if transform is not None else 1.0
+    for region in sorted(regions, key=lambda r: (r["class"], -r["pixels"], shape(r["geometry"]).bounds)):
+        if region["pixels"] < max(min_area, 1):
+            continue
+        geometry = shape(region["geometry"])
+        if simplify > 0:
+            geometry = geometry.simplify(simplify, preserve_topology=True)
+        if transform is not None:
+            geometry = shapely.affinity.affine_transform(geometry, [transform.a, transform.b, transform.d,
+                                                                    transform.e, transform.c, transform.f])
+        features.append({"type": "Feature", "geometry": mapping(geometry), "properties": {
+            "class": class_names[region["class"]], "class_index": region["class"],
+            "area_pixels": region["pixels"], "area": region["pixels"] * pixel_area,
+            "mean_confidence": region["confidence_sum"] / max(region["pixels"], 1), "source": source}})
+    collection = {"type": "FeatureCollection", "features": features}
+    if crs:  # GDAL and QGIS read a named CRS member (GeoJSON 2008) beside RFC 7946's WGS84 default
+        from rasterio.crs import CRS
+        epsg = CRS.from_user_input(crs).to_epsg()
+        if epsg is not None:
+            collection["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
+    return collection
+
+
+def write_pieces(path: str, pieces: list) -> None:
+    from pipelines.common.storage import write_atomic
+    write_atomic(path, json.dumps(pieces).encode(), "application/json")
+
+
+def read_pieces(path: str) -> list:
+    from apache_beam.io.filesystems import FileSystems
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read())
