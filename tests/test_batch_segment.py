@@ -439,7 +439,8 @@ def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classe
     inputs.mkdir()
     shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
     random_image(inputs / "photo.png", 40, 50, 3)
-    segment(model_dir, f"{inputs}/*", tmp_path / "out", "--tile_size", "256", "--chunk_size", "300", "--scores")
+    segment(model_dir, f"{inputs}/*", tmp_path / "out", "--tile_size", "256", "--chunk_size", "300", "--scores",
+            "--vectors")
     stac = tmp_path / "out" / "stac"
     collection = json.loads((stac / "collection.json").read_text())
     item_links = [link["href"] for link in collection["links"] if link["rel"] == "item"]
@@ -457,7 +458,7 @@ def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classe
     assert any("projection" in e for e in item["stac_extensions"]) and any("classification" in e
                                                                             for e in item["stac_extensions"])
     assets = item["assets"]
-    assert set(assets) == {"mask", "scores", "record"}
+    assert set(assets) == {"mask", "scores", "vectors", "record"}
     for key, asset in assets.items():  # hrefs relative to the Item, pointing at the real files
         assert (stac / "items" / asset["href"]).resolve().is_file(), key
     assert assets["mask"]["roles"] == ["data"] and "cloud-optimized" in assets["mask"]["type"]

@@ -47,7 +47,8 @@ def acquired(source: str) -> tuple:
         "file modified"
 
 
-def raster_item(record: dict, scores: str | None, item_href: str, class_names, model_version: str):
+def raster_item(record: dict, scores: str | None, item_href: str, class_names, model_version: str,
+                vectors: str | None = None):
     """The STAC Item of one segmented GeoTIFF's record (its mask header read for the grid)."""
     import pystac
     import rasterio
@@ -88,6 +89,9 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     if scores:
         item.add_asset("scores", pystac.Asset(_relative(scores, folder), title="top-class probability x 255",
                                               media_type=COG, roles=["data", "confidence"]))
+    if vectors:
+        item.add_asset("vectors", pystac.Asset(_relative(vectors, folder), title="polygons per region and class",
+                                               media_type=pystac.MediaType.GEOJSON, roles=["data"]))
     item.add_asset("record", pystac.Asset(_relative(posixpath.splitext(record["mask"])[0] + ".json", folder),
                                           title="segpipe record", media_type=pystac.MediaType.JSON,
                                           roles=["metadata"]))
@@ -95,12 +99,13 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     return item
 
 
-def write_catalog(records, output_dir: str, class_names, model_version: str, scores: bool) -> int:
+def write_catalog(records, output_dir: str, class_names, model_version: str, scores: bool,
+                  vectors: bool = False) -> int:
     """OUT/stac/collection.json and an Item per GeoTIFF record (atomically); returns the Items' count."""
     import pystac
 
     from pipelines.common.storage import write_atomic
-    from pipelines.segment.outputs import scores_path, OutputSpec
+    from pipelines.segment.outputs import OutputSpec, scores_path, vectors_path
     root = f"{output_dir}/stac"
     spec = OutputSpec(output_dir, tuple(class_names), scores=scores)
     items = []
@@ -110,7 +115,7 @@ def write_catalog(records, output_dir: str, class_names, model_version: str, sco
         rel = posixpath.splitext(record["file_name"])[0]
         href = f"{root}/items/{rel}.json"
         item = raster_item(record, scores_path(spec, rel, "geotiff") if scores else None, href, class_names,
-                           model_version)
+                           model_version, vectors_path(spec, rel) if vectors else None)
         items.append((href, item))
     if not items:
         return 0
