@@ -41,7 +41,7 @@ SKIPPED, PARTS = "skipped", "parts"
 
 def output_spec(config: SegmentConfig) -> outputs.OutputSpec:
     return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays, config.scores,
-                              config.vectors, config.vector_min_area, config.vector_simplify)
+                              config.vectors, config.vector_min_area, config.vector_simplify, config.vector_format)
 
 
 class PlanChunksFn(beam.DoFn):

@@ -6,6 +6,8 @@ import dataclasses
 
 from segmodel.architectures import INFERENCE_PRECISIONS
 
+# The vector outputs' formats: file suffix and OGR driver.
+VECTOR_FORMATS = {"geojson": (".geojson", "GeoJSON"), "gpkg": (".gpkg", "GPKG"), "fgb": (".fgb", "FlatGeobuf")}
 DESCRIPTION = "Batch segmentation: images or GeoTIFFs -> RunInference -> masks, summaries, COCO labels."
 
 
@@ -45,6 +47,8 @@ class SegmentConfig:
     vector_min_area: int = 0
     # Douglas-Peucker tolerance in pixels, topology-preserving (0: the exact pixel outlines).
     vector_simplify: float = 0.0
+    # GeoJSON needs nothing more; GeoPackage and FlatGeobuf are written by fiona (segpipe[vectors]).
+    vector_format: str = "geojson"
     # float32 by default; bfloat16 measured 1.96x faster for FCN-8s on this project's AVX512-BF16
     # CPUs with 0.024 % of pixels changing class on the demo model (README).
     precision: str = "float32"
@@ -63,6 +67,8 @@ class SegmentConfig:
             problems.append("batch_size, batch_tiles and model_copies must be at least 1")
         if self.chunk_size < self.tile_size:
             problems.append(f"chunk_size ({self.chunk_size}) must be at least tile_size ({self.tile_size})")
+        if self.vector_format not in VECTOR_FORMATS:
+            problems.append(f"vector_format must be one of {tuple(VECTOR_FORMATS)}, got {self.vector_format!r}")
         if self.vector_min_area < 0 or self.vector_simplify < 0:
             problems.append("vector_min_area and vector_simplify must not be negative")
         if self.precision not in INFERENCE_PRECISIONS:
@@ -99,6 +105,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "per connected region of each class, in the raster's CRS, merged across chunks")
     parser.add_argument("--vector_min_area", type=int, default=defaults["vector_min_area"],
                         help="regions under this many pixels are left out of the vectors")
+    parser.add_argument("--vector_format", choices=tuple(VECTOR_FORMATS), default=defaults["vector_format"],
+                        help="gpkg and fgb need fiona (pip install 'segpipe[vectors]')")
     parser.add_argument("--vector_simplify", type=float, default=defaults["vector_simplify"],
                         help="simplification tolerance in pixels (topology-preserving); 0: exact outlines")
     parser.add_argument("--scores", action="store_true", help="also write OUT/scores/REL.png|.tif: the top "

@@ -575,3 +575,27 @@ def test_vector_minimum_area_and_simplification(tmp_path):
     assert simple.is_valid and len(simple.exterior.coords) < len(exact.exterior.coords) / 3
     assert simple.symmetric_difference(exact).area < 0.05 * exact.area  # within the tolerance's band
     assert disc["properties"]["area_pixels"] == exact.area  # attributes are the region's, not the outline's
+
+
+@pytest.mark.parametrize("fmt, driver", [("gpkg", "GPKG"), ("fgb", "FlatGeobuf")])
+def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path, fmt, driver):
+    import fiona
+    from shapely.geometry import shape
+
+    from tests.helpers import make_color_model
+    (tmp_path / "model").mkdir()
+    model_dir = make_color_model(tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+    image = colors[np.random.default_rng(4).integers(0, 4, (8, 9))].repeat(7, 0).repeat(7, 1)
+    Image.fromarray(image).save(inputs / "blocks.png")
+    segment(model_dir, f"{inputs}/*", tmp_path / "json", "--tile_size", "64", "--vectors")
+    segment(model_dir, f"{inputs}/*", tmp_path / fmt, "--tile_size", "64", "--vectors", "--vector_format", fmt)
+    reference = json.loads((tmp_path / "json/vectors/blocks.geojson").read_text())["features"]
+    with fiona.open(tmp_path / fmt / "vectors" / f"blocks.{fmt}") as layer:
+        assert layer.driver == driver and len(layer) == len(reference) > 10
+        got = sorted((f["properties"]["class"], f["properties"]["area_pixels"], shape(f["geometry"]).bounds)
+                     for f in layer)
+    assert got == sorted((f["properties"]["class"], f["properties"]["area_pixels"], shape(f["geometry"]).bounds)
+                         for f in reference)

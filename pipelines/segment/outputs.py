@@ -51,6 +51,7 @@ class OutputSpec:
     vectors: bool = False
     vector_min_area: int = 0
     vector_simplify: float = 0.0
+    vector_format: str = "geojson"
 
 
 # A scores raster's nodata: no valid pixel scores 0 (the top class's probability is at least 1/C,
@@ -67,7 +68,8 @@ def scores_path(spec: OutputSpec, rel: str, kind: str) -> str:
 
 
 def vectors_path(spec: OutputSpec, rel: str) -> str:
-    return f"{spec.output_dir}/vectors/{rel}.geojson"
+    from segcli.segment import VECTOR_FORMATS
+    return f"{spec.output_dir}/vectors/{rel}{VECTOR_FORMATS[spec.vector_format][0]}"
 
 
 def write_vectors(spec: OutputSpec, rel: str, regions: list, info) -> None:
@@ -77,7 +79,17 @@ def write_vectors(spec: OutputSpec, rel: str, regions: list, info) -> None:
     transform = Affine(*info.transform) if info.transform else None
     collection = vectors.feature_collection(regions, spec.class_names, transform, info.crs or "", info.source,
                                             spec.vector_min_area, spec.vector_simplify)
-    write_atomic(vectors_path(spec, rel), json.dumps(collection).encode(), "application/geo+json")
+    if spec.vector_format == "geojson":
+        write_atomic(vectors_path(spec, rel), json.dumps(collection).encode(), "application/geo+json")
+        return
+    from segcli.segment import VECTOR_FORMATS
+    workdir = tempfile.mkdtemp(prefix="segpipe-vectors-")
+    try:
+        local = os.path.join(workdir, "layer" + VECTOR_FORMATS[spec.vector_format][0])
+        vectors.write_layer(local, VECTOR_FORMATS[spec.vector_format][1], collection, info.crs or None)
+        upload_atomic(local, vectors_path(spec, rel), "application/octet-stream")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def record_path(spec: OutputSpec, rel: str) -> str:

@@ -90,8 +90,10 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
         item.add_asset("scores", pystac.Asset(_relative(scores, folder), title="top-class probability x 255",
                                               media_type=COG, roles=["data", "confidence"]))
     if vectors:
+        media = {".geojson": pystac.MediaType.GEOJSON, ".gpkg": "application/geopackage+sqlite3",
+                 ".fgb": "application/vnd.flatgeobuf"}[posixpath.splitext(vectors)[1]]
         item.add_asset("vectors", pystac.Asset(_relative(vectors, folder), title="polygons per region and class",
-                                               media_type=pystac.MediaType.GEOJSON, roles=["data"]))
+                                               media_type=media, roles=["data"]))
     item.add_asset("record", pystac.Asset(_relative(posixpath.splitext(record["mask"])[0] + ".json", folder),
                                           title="segpipe record", media_type=pystac.MediaType.JSON,
                                           roles=["metadata"]))

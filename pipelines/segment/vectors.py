@@ -100,6 +100,20 @@ def feature_collection(regions: list, class_names, transform=None, crs: str = ""
     return collection
 
 
+def write_layer(local: str, driver: str, collection: dict, crs: str | None) -> None:
+    """A feature collection as an OGR layer file (GeoPackage, FlatGeobuf) through fiona."""
+    try:
+        import fiona
+    except ImportError:
+        raise RuntimeError("--vector_format gpkg and fgb need fiona: pip install 'segpipe[vectors]'") from None
+    schema = {"geometry": "Polygon", "properties": {"class": "str", "class_index": "int", "area_pixels": "int",
+                                                    "area": "float", "mean_confidence": "float", "source": "str"}}
+    # SQLite builds without the rtree module exist (fiona's wheels beside rasterio's): no spatial index
+    options = {"SPATIAL_INDEX": "NO"} if driver == "GPKG" else {}
+    with fiona.open(local, "w", driver=driver, schema=schema, crs=crs, layer="segments", **options) as layer:
+        layer.writerecords({"geometry": f["geometry"], "properties": f["properties"]} for f in collection["features"])
+
+
 def write_pieces(path: str, pieces: list) -> None:
     from pipelines.common.storage import write_atomic
     write_atomic(path, json.dumps(pieces).encode(), "application/json")
