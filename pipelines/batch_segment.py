@@ -41,7 +41,8 @@ SKIPPED, PARTS = "skipped", "parts"
 
 def output_spec(config: SegmentConfig) -> outputs.OutputSpec:
     return outputs.OutputSpec(config.output_dir, tuple(config.class_names), config.overlays, config.scores,
-                              config.vectors, config.vector_min_area, config.vector_simplify, config.vector_format)
+                              config.vectors, config.vector_min_area, config.vector_simplify, config.vector_format,
+                              config.vector_classes)
 
 
 class PlanChunksFn(beam.DoFn):

@@ -593,6 +593,16 @@ def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path
     segment(model_dir, f"{inputs}/*", tmp_path / "json", "--tile_size", "64", "--vectors")
     segment(model_dir, f"{inputs}/*", tmp_path / fmt, "--tile_size", "64", "--vectors", "--vector_format", fmt)
     reference = json.loads((tmp_path / "json/vectors/blocks.geojson").read_text())["features"]
+    assert {f["properties"]["class"] for f in reference} == {"road", "building", "water"}  # not the background
+    if fmt == "gpkg":  # --vector_classes keeps the classes it names (the background too, when named)
+        segment(model_dir, f"{inputs}/*", tmp_path / "some", "--tile_size", "64", "--vectors",
+                "--vector_classes", "background,water")
+        some = json.loads((tmp_path / "some/vectors/blocks.geojson").read_text())["features"]
+        assert {f["properties"]["class"] for f in some} == {"background", "water"}
+        assert sorted(f["properties"]["area_pixels"] for f in some if f["properties"]["class"] == "water") == \
+            sorted(f["properties"]["area_pixels"] for f in reference if f["properties"]["class"] == "water")
+        with pytest.raises(SystemExit, match="not classes of the model"):
+            segment(model_dir, f"{inputs}/*", tmp_path / "bad", "--vectors", "--vector_classes", "lava")
     with fiona.open(tmp_path / fmt / "vectors" / f"blocks.{fmt}") as layer:
         assert layer.driver == driver and len(layer) == len(reference) > 10
         got = sorted((f["properties"]["class"], f["properties"]["area_pixels"], shape(f["geometry"]).bounds)

@@ -52,6 +52,7 @@ class OutputSpec:
     vector_min_area: int = 0
     vector_simplify: float = 0.0
     vector_format: str = "geojson"
+    vector_classes: str = ""
 
 
 # A scores raster's nodata: no valid pixel scores 0 (the top class's probability is at least 1/C,
@@ -153,7 +154,12 @@ class ChunkWriter:
         return self._finish_from_memory(chunk.info, path, mask, stats)
 
     def _skip(self) -> tuple:
-        background = background_index(self.spec.class_names)
+        """The classes without polygons: those --vector_classes leaves out, by default the background."""
+        names = self.spec.class_names
+        if self.spec.vector_classes:
+            keep = set(self.spec.vector_classes.split(","))
+            return tuple(i for i, name in enumerate(names) if name not in keep)
+        background = background_index(names)
         return () if background is None else (background,)
 
     def _write_whole_vectors(self, info, mask, confidence) -> None:
