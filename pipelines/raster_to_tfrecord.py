@@ -327,6 +327,8 @@ def chip_feature(info, chip_id: str, row: int, col: int, h: int, w: int, split: 
 def write_index(features: list, output_dir: str) -> None:
     features = sorted(features, key=lambda f: f["properties"]["chip"])
     write_json(f"{output_dir}/chips.geojson", {"type": "FeatureCollection", "features": features})
+    from pipelines.common.stac import chips_catalog
+    chips_catalog(features, output_dir)  # OUT/stac: the same chips as STAC Items
 
 
 def build_records(p, config: RasterConfig, color_map: ColorMap) -> dict:

@@ -112,6 +112,23 @@ def test_chips_are_the_scene_windows_and_the_mapped_labels(tmp_path, scene_and_l
         lon, lat = reproject_points(src.crs, "EPSG:4326", [x], [y])
     assert first["geometry"]["coordinates"][0][0] == pytest.approx([lon[0], lat[0]], abs=1e-9)
     assert first["properties"]["transform"][2] == pytest.approx(x)
+    # the same chips as STAC: an Item per chip, valid against the STAC core schemas pystac ships (offline)
+    import pystac.validation
+    collection = json.loads((out / "stac" / "collection.json").read_text())
+    assert pystac.validation.validate_dict(collection, extensions=[]) is not None
+    items = {}
+    for link in (link for link in collection["links"] if link["rel"] == "item"):
+        item = json.loads((out / "stac" / link["href"]).read_text())
+        assert pystac.validation.validate_dict(item, extensions=[]) is not None
+        items[item["properties"]["segpipe:chip"]] = item
+    assert sorted(items) == sorted(expected_written)
+    stac_first = items["landsat/r000000_c000256"]
+    assert stac_first["geometry"] == first["geometry"]
+    with rasterio.open(scene) as src:
+        assert stac_first["properties"]["proj:code"] == f"EPSG:{src.crs.to_epsg()}"
+        assert stac_first["properties"]["proj:transform"] == pytest.approx(list(src.transform * rasterio.Affine.translation(256, 0))[:6])
+    assert stac_first["properties"]["proj:shape"] == [256, 256] and stac_first["properties"]["segpipe:split"] == "train"
+    assert (out / "stac" / "items" / stac_first["assets"]["dataset"]["href"]).resolve() == (out / "dataset.json").resolve()
     # the same facts in the record itself, read by TensorFlow's own parser
     import tensorflow as tf
     raw = next(iter(tf.data.TFRecordDataset(sorted(str(p) for p in out.glob("*.tfrecord")))))

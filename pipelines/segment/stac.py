@@ -16,35 +16,11 @@ import datetime
 import json
 import posixpath
 
+from pipelines.common.stac import EDGE_POINTS, acquired, relative
 from segformat.masks import IGNORE_INDEX, background_index
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-# Points per edge of a footprint, and of the bbox's densified transform: a straight edge in a
-# projected CRS is a curve in longitude and latitude.
-EDGE_POINTS = 21
 
-
-def _relative(path: str, start: str) -> str:
-    return posixpath.relpath(path, start) if "://" not in path else posixpath.relpath(
-        path.split("://", 1)[1], start.split("://", 1)[1])
-
-
-def acquired(source: str) -> tuple:
-    """(when, how it is known) for a source raster: its TIFFTAG_DATETIME (the time the image was
-    made, as GeoTIFF writers record it), else the file's last modification: a re-run gives the same."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipelines.common import rasters
-    try:
-        with rasters.open_raster(source) as src:
-            stamp = src.tags().get("TIFFTAG_DATETIME", "")
-        return datetime.datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc), \
-            "TIFFTAG_DATETIME"
-    except (ValueError, OSError):
-        pass
-    (metadata,) = FileSystems.match([source])[0].metadata_list
-    return datetime.datetime.fromtimestamp(int(metadata.last_updated_in_seconds), datetime.timezone.utc), \
-        "file modified"
 
 
 def raster_item(record: dict, scores: str | None, item_href: str, class_names, model_version: str,
@@ -79,7 +55,7 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     projection.transform = list(transform)[:6]
     projection.shape = list(shape)
     folder = posixpath.dirname(item_href)
-    mask = pystac.Asset(_relative(record["mask"], folder), title="class mask", media_type=COG, roles=["data"])
+    mask = pystac.Asset(relative(record["mask"], folder), title="class mask", media_type=COG, roles=["data"])
     item.add_asset("mask", mask)
     background = background_index(class_names)
     classes = [Classification.create(value=i, name=name.replace(" ", "_").lower() or f"class_{i}", description=name)
@@ -87,14 +63,14 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     classes.append(Classification.create(value=IGNORE_INDEX, name="nodata", description="no data", nodata=True))
     ClassificationExtension.ext(mask, add_if_missing=True).classes = classes
     if scores:
-        item.add_asset("scores", pystac.Asset(_relative(scores, folder), title="top-class probability x 255",
+        item.add_asset("scores", pystac.Asset(relative(scores, folder), title="top-class probability x 255",
                                               media_type=COG, roles=["data", "confidence"]))
     if vectors:
         media = {".geojson": pystac.MediaType.GEOJSON, ".gpkg": "application/geopackage+sqlite3",
                  ".fgb": "application/vnd.flatgeobuf"}[posixpath.splitext(vectors)[1]]
-        item.add_asset("vectors", pystac.Asset(_relative(vectors, folder), title="polygons per region and class",
+        item.add_asset("vectors", pystac.Asset(relative(vectors, folder), title="polygons per region and class",
                                                media_type=media, roles=["data"]))
-    item.add_asset("record", pystac.Asset(_relative(posixpath.splitext(record["mask"])[0] + ".json", folder),
+    item.add_asset("record", pystac.Asset(relative(posixpath.splitext(record["mask"])[0] + ".json", folder),
                                           title="segpipe record", media_type=pystac.MediaType.JSON,
                                           roles=["metadata"]))
     item.properties["segpipe:background"] = class_names[background] if background is not None else None
@@ -131,8 +107,8 @@ def write_catalog(records, output_dir: str, class_names, model_version: str, sco
                                    license="other", summaries=pystac.Summaries({"segpipe:classes": list(class_names)}))
     items.sort(key=lambda pair: pair[0])  # the same order on every run
     for href, item in items:
-        collection.add_link(pystac.Link("item", _relative(href, root), media_type=pystac.MediaType.GEOJSON))
-        item.add_link(pystac.Link("collection", _relative(f"{root}/collection.json", posixpath.dirname(href)),
+        collection.add_link(pystac.Link("item", relative(href, root), media_type=pystac.MediaType.GEOJSON))
+        item.add_link(pystac.Link("collection", relative(f"{root}/collection.json", posixpath.dirname(href)),
                                   media_type=pystac.MediaType.JSON))
         item.collection_id = collection.id
         write_atomic(href, json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
