@@ -59,6 +59,7 @@ def agree(classes, scores, reference):
     return agreement, float(np.abs(scores - reference).max())
 
 
+@pytest.mark.slow
 def test_savedmodel_in_a_fresh_process_equals_the_keras_model(model_and_photos, tmp_path):
     folder, images = model_and_photos
     out = tmp_path / "savedmodel"
@@ -93,6 +94,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("segmodel", "segcli",
             assert agreement >= 0.999 and difference < 1e-4, (name, SIZES[k], agreement, difference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, min_agreement, max_difference", [("float32", 0.999, 1e-4),
                                                                        ("float16", 0.99, 2e-2)])
 def test_tflite_in_the_tflite_interpreter_equals_the_keras_model(model_and_photos, tmp_path, precision,
@@ -114,6 +116,7 @@ def test_tflite_in_the_tflite_interpreter_equals_the_keras_model(model_and_photo
         assert out.stat().st_size < 0.6 * (tmp_path / "f32.tflite").stat().st_size
 
 
+@pytest.mark.slow
 def test_onnx_in_onnxruntime_equals_the_keras_model(model_and_photos, tmp_path):
     import onnxruntime
 
