@@ -62,7 +62,7 @@ def main(argv=None):
     job = custom_job(config)
     request = {"parent": f"projects/{config.project}/locations/{config.region}",
                "custom_job": json.loads(type(job).to_json(job, use_integers_for_enums=False,
-                                                         including_default_value_fields=False))}
+                                                         always_print_fields_with_no_presence=False))}
     if config.dry_run:
         print(json.dumps(request, indent=2))
         return request
