@@ -455,6 +455,14 @@ def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classe
         assert item["properties"]["proj:transform"] == list(src.transform)[:6]
         west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
     assert item["bbox"] == pytest.approx([west, south, east, north], abs=1e-9)
+    from rasterio.warp import transform as reproject_points
+    from shapely.geometry import Point, shape
+    with rasterio.open(testdata / "geotiff/RGB.byte.tif") as src:  # the footprint holds the raster's corners
+        xs, ys = zip(*[src.transform * (c, r) for c, r in ((0, 0), (src.width, 0), (src.width, src.height),
+                                                           (0, src.height), (src.width / 2, src.height / 2))])
+        lons, lats = reproject_points(src.crs, "EPSG:4326", list(xs), list(ys))
+    footprint = shape(item["geometry"]).buffer(1e-9)
+    assert all(footprint.contains(Point(lon, lat)) for lon, lat in zip(lons, lats))
     assert any("projection" in e for e in item["stac_extensions"]) and any("classification" in e
                                                                             for e in item["stac_extensions"])
     assets = item["assets"]
