@@ -529,6 +529,7 @@ def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tm
     # the photo: one feature per 4-connected region of each class but the background, its pixel count
     mask = np.asarray(Image.open(tmp_path / "chunked/masks/photo.png"))
     photo = json.loads((tmp_path / "chunked/vectors/photo.geojson").read_text())
+    assert photo["segpipe:coordinates"] == "pixels" and "crs" not in photo
     for index, name in enumerate(NAMES[1:], start=1):
         got = sorted(f["properties"]["area_pixels"] for f in photo["features"] if f["properties"]["class"] == name)
         assert got == components4(mask == index) and len(got) >= 5, name

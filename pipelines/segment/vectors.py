@@ -91,7 +91,9 @@ def feature_collection(regions: list, class_names, transform=None, crs: str = ""
             "class": class_names[region["class"]], "class_index": region["class"],
             "area_pixels": region["pixels"], "area": region["pixels"] * pixel_area,
             "mean_confidence": region["confidence_sum"] / max(region["pixels"], 1), "source": source}})
-    collection = {"type": "FeatureCollection", "features": features}
+    # said in the file: a raster without a CRS (or a photo) gets polygons in pixel coordinates
+    collection = {"type": "FeatureCollection", "features": features,
+                  "segpipe:coordinates": "crs" if crs and transform is not None else "pixels"}
     if crs:  # GDAL and QGIS read a named CRS member (GeoJSON 2008) beside RFC 7946's WGS84 default
         from rasterio.crs import CRS
         epsg = CRS.from_user_input(crs).to_epsg()
