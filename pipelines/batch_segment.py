@@ -151,7 +151,7 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig):
                     | "WriteRecords" >> beam.io.WriteToText(f"{out}/.records/records", file_name_suffix=".jsonl"))
     _ = (p | "AssembleTrigger" >> beam.Create([None])
          | "Assemble" >> beam.Map(outputs.assemble_outputs, beam.pvalue.AsList(record_files), out,
-                                  config.class_names, config.model_version, config.scores, config.vectors))
+                                  config.class_names, config.model_version, output_spec(config)))
     _ = (segmented["errors"]
          | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
          | "WriteErrors" >> beam.io.WriteToText(f"{out}/errors", file_name_suffix=".jsonl", num_shards=1,

@@ -599,8 +599,17 @@ def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path
     colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
     image = colors[np.random.default_rng(4).integers(0, 4, (8, 9))].repeat(7, 0).repeat(7, 1)
     Image.fromarray(image).save(inputs / "blocks.png")
+    import rasterio
+    from rasterio.transform import from_origin
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=56, width=63, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10)) as dst:
+        dst.write(image.transpose(2, 0, 1))
     segment(model_dir, f"{inputs}/*", tmp_path / "json", "--tile_size", "64", "--vectors")
+    shutil.copy(tmp_path / "scene.tif", inputs / "scene.tif")
     segment(model_dir, f"{inputs}/*", tmp_path / fmt, "--tile_size", "64", "--vectors", "--vector_format", fmt)
+    item = json.loads((tmp_path / fmt / "stac/items/scene.json").read_text())  # STAC names the file written
+    assert item["assets"]["vectors"]["href"] == f"../../vectors/scene.{fmt}"
+    assert (tmp_path / fmt / "stac/items" / item["assets"]["vectors"]["href"]).resolve().is_file()
     reference = json.loads((tmp_path / "json/vectors/blocks.geojson").read_text())["features"]
     assert {f["properties"]["class"] for f in reference} == {"road", "building", "water"}  # not the background
     if fmt == "gpkg":  # --vector_classes keeps the classes it names (the background too, when named)

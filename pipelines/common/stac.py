@@ -35,16 +35,57 @@ def acquired(source: str) -> tuple:
 
 
 
+def set_projection(item, crs, transform, shape) -> None:
+    """The projection extension on ``item``: the CRS as its EPSG code (else its WKT2; none without
+    one), the affine transform's six numbers and the [height, width] shape."""
+    from pystac.extensions.projection import ProjectionExtension
+    from rasterio.crs import CRS
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    if crs:
+        crs = CRS.from_user_input(crs)
+        epsg = crs.to_epsg()
+        if epsg is not None:
+            projection.code = f"EPSG:{epsg}"
+        else:
+            projection.wkt2 = crs.to_wkt()
+    projection.transform = list(transform)[:6]
+    projection.shape = list(shape)
+
+
+def write_collection(root: str, collection_id: str, description: str, items: list, summaries=None) -> int:
+    """[(href, Item)] (in the order to list them) and their Collection (spatial and temporal extent
+    over the Items) written under ``root`` with relative links, atomically; returns the Items' count."""
+    import pystac
+
+    from pipelines.common.storage import write_atomic
+    if not items:
+        return 0
+    boxes = [item.bbox for _, item in items]
+    times = [item.datetime for _, item in items]
+    extent = pystac.Extent(pystac.SpatialExtent([[min(b[0] for b in boxes), min(b[1] for b in boxes),
+                                                  max(b[2] for b in boxes), max(b[3] for b in boxes)]]),
+                           pystac.TemporalExtent([[min(times), max(times)]]))
+    collection = pystac.Collection(id=collection_id, description=description, extent=extent, license="other",
+                                   summaries=pystac.Summaries(summaries) if summaries else None)
+    for href, item in items:
+        collection.add_link(pystac.Link("item", relative(href, root), media_type=pystac.MediaType.GEOJSON))
+        item.add_link(pystac.Link("collection", relative(f"{root}/collection.json", posixpath.dirname(href)),
+                                  media_type=pystac.MediaType.JSON))
+        item.collection_id = collection.id
+        write_atomic(href, json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
+                     "application/geo+json")
+    write_atomic(f"{root}/collection.json",
+                 json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
+                 "application/json")
+    return len(items)
+
+
 def chips_catalog(features: list, output_dir: str) -> int:
     """``segpipe dataset raster``'s chips (chips.geojson's features) as a STAC Collection with an
     Item per chip: its WGS84 footprint and bbox, the projection extension (CRS, transform, shape),
     the split and scene window, the scene's datetime; the dataset's manifest as an asset."""
     import pystac
-    from pystac.extensions.projection import ProjectionExtension
-    from rasterio.crs import CRS
     from shapely.geometry import shape
-
-    from pipelines.common.storage import write_atomic
     root = f"{output_dir}/stac"
     when = {}
     items = []
@@ -59,37 +100,10 @@ def chips_catalog(features: list, output_dir: str) -> int:
                                "segpipe:chip": props["chip"], "segpipe:split": props["split"], "segpipe:scene": props["scene"],
                                "segpipe:window": [props["row"], props["col"], props["height"], props["width"]],
                                "segpipe:datetime_from": how})
-        projection = ProjectionExtension.ext(item, add_if_missing=True)
-        if props.get("crs"):
-            epsg = CRS.from_user_input(props["crs"]).to_epsg()
-            if epsg is not None:
-                projection.code = f"EPSG:{epsg}"
-            else:
-                projection.wkt2 = CRS.from_user_input(props["crs"]).to_wkt()
-        projection.transform = props["transform"]
-        projection.shape = [props["height"], props["width"]]
+        set_projection(item, props.get("crs"), props["transform"], [props["height"], props["width"]])
         href = f"{root}/items/{item_id}.json"
         item.add_asset("dataset", pystac.Asset(relative(f"{output_dir}/dataset.json", posixpath.dirname(href)),
                                                title="the dataset's manifest (the chip's shard)",
                                                media_type=pystac.MediaType.JSON, roles=["metadata"]))
         items.append((href, item))
-    if not items:
-        return 0
-    boxes = [item.bbox for _, item in items]
-    times = [item.datetime for _, item in items]
-    collection = pystac.Collection(
-        id="segpipe-chips", description="segpipe dataset raster chips",
-        extent=pystac.Extent(pystac.SpatialExtent([[min(b[0] for b in boxes), min(b[1] for b in boxes),
-                                                    max(b[2] for b in boxes), max(b[3] for b in boxes)]]),
-                             pystac.TemporalExtent([[min(times), max(times)]])), license="other")
-    for href, item in items:
-        collection.add_link(pystac.Link("item", relative(href, root), media_type=pystac.MediaType.GEOJSON))
-        item.add_link(pystac.Link("collection", relative(f"{root}/collection.json", posixpath.dirname(href)),
-                                  media_type=pystac.MediaType.JSON))
-        item.collection_id = collection.id
-        write_atomic(href, json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
-                     "application/geo+json")
-    write_atomic(f"{root}/collection.json",
-                 json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
-                 "application/json")
-    return len(items)
+    return write_collection(root, "segpipe-chips", "segpipe dataset raster chips", items)

@@ -328,11 +328,12 @@ def make_record(info, path, names, totals, runs) -> dict:
     }
 
 
-def assemble_outputs(_, record_files, output_dir: str, class_names, model_version: str = "", scores: bool = False,
-                     vectors: bool = False) -> None:
+def assemble_outputs(_, record_files, output_dir: str, class_names, model_version: str = "",
+                     spec: OutputSpec | None = None) -> None:
     """Streams the per-input records into summary.jsonl (most uncertain first) and
     labels_coco.json (image ids 1..N in file-name order), never holding all annotations; and,
-    when GeoTIFFs were segmented, their STAC Items and Collection (pipelines.segment.stac)."""
+    when GeoTIFFs were segmented, their STAC Items and Collection (pipelines.segment.stac), listing
+    the outputs ``spec`` says were written."""
     files = sorted(f for batch in record_files for f in ([batch] if isinstance(batch, str) else batch))
 
     def records():
@@ -385,4 +386,4 @@ def assemble_outputs(_, record_files, output_dir: str, class_names, model_versio
          **({"model_version": model_version} if model_version else {})}, indent=2).encode(), "application/json")
     if any(name.lower().endswith((".tif", ".tiff")) for name, *_ in index):  # GeoTIFFs: their STAC
         from pipelines.segment.stac import write_catalog
-        write_catalog(records(), output_dir, class_names, model_version, scores, vectors)
+        write_catalog(records(), spec or OutputSpec(output_dir, tuple(class_names)), model_version)

@@ -12,11 +12,9 @@ summary.jsonl). pystac is imported here only: a job without STAC output never lo
 """
 from __future__ import annotations
 
-import datetime
-import json
 import posixpath
 
-from pipelines.common.stac import EDGE_POINTS, acquired, relative
+from pipelines.common.stac import EDGE_POINTS, acquired, relative, set_projection, write_collection
 from segformat.masks import IGNORE_INDEX, background_index
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -27,9 +25,7 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
                 vectors: str | None = None):
     """The STAC Item of one segmented GeoTIFF's record (its mask header read for the grid)."""
     import pystac
-    import rasterio
     from pystac.extensions.classification import Classification, ClassificationExtension
-    from pystac.extensions.projection import ProjectionExtension
     from rasterio.warp import transform_bounds, transform_geom
 
     from pipelines.common import rasters
@@ -46,14 +42,7 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     item = pystac.Item(id=item_id, geometry=geometry, bbox=[west, south, east, north], datetime=when,
                        properties={"segpipe:model_version": model_version, "segpipe:source": record["input"],
                                    "segpipe:datetime_from": how, "segpipe:mean_confidence": record["mean_confidence"]})
-    projection = ProjectionExtension.ext(item, add_if_missing=True)
-    epsg = crs.to_epsg()
-    if epsg is not None:
-        projection.code = f"EPSG:{epsg}"
-    else:
-        projection.wkt2 = crs.to_wkt()
-    projection.transform = list(transform)[:6]
-    projection.shape = list(shape)
+    set_projection(item, crs, transform, shape)
     folder = posixpath.dirname(item_href)
     mask = pystac.Asset(relative(record["mask"], folder), title="class mask", media_type=COG, roles=["data"])
     item.add_asset("mask", mask)
@@ -77,43 +66,22 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     return item
 
 
-def write_catalog(records, output_dir: str, class_names, model_version: str, scores: bool,
-                  vectors: bool = False) -> int:
-    """OUT/stac/collection.json and an Item per GeoTIFF record (atomically); returns the Items' count."""
-    import pystac
-
-    from pipelines.common.storage import write_atomic
-    from pipelines.segment.outputs import OutputSpec, scores_path, vectors_path
-    root = f"{output_dir}/stac"
-    spec = OutputSpec(output_dir, tuple(class_names), scores=scores)
+def write_catalog(records, spec, model_version: str) -> int:
+    """OUT/stac/collection.json and an Item per GeoTIFF record of a batch segmentation written as
+    ``spec`` (an OutputSpec: which outputs exist) says, atomically; returns the Items' count."""
+    from pipelines.segment.outputs import scores_path, vectors_path
+    root = f"{spec.output_dir}/stac"
     items = []
     for record in records:
         if not record["mask"].endswith(".tif"):
             continue
         rel = posixpath.splitext(record["file_name"])[0]
         href = f"{root}/items/{rel}.json"
-        item = raster_item(record, scores_path(spec, rel, "geotiff") if scores else None, href, class_names,
-                           model_version, vectors_path(spec, rel) if vectors else None)
+        item = raster_item(record, scores_path(spec, rel, "geotiff") if spec.scores else None, href,
+                           spec.class_names, model_version, vectors_path(spec, rel) if spec.vectors else None)
         items.append((href, item))
-    if not items:
-        return 0
-    boxes = [item.bbox for _, item in items]
-    extent = pystac.Extent(pystac.SpatialExtent([[min(b[0] for b in boxes), min(b[1] for b in boxes),
-                                                  max(b[2] for b in boxes), max(b[3] for b in boxes)]]),
-                           pystac.TemporalExtent([[min(i.datetime for _, i in items), max(i.datetime for _, i in items)]]))
-    # named by the model, not the folder: the same run into another folder writes the same files
-    collection = pystac.Collection(id=f"segpipe-segmentation-{model_version or 'model'}",
-                                   description=f"segpipe segment output ({model_version})", extent=extent,
-                                   license="other", summaries=pystac.Summaries({"segpipe:classes": list(class_names)}))
     items.sort(key=lambda pair: pair[0])  # the same order on every run
-    for href, item in items:
-        collection.add_link(pystac.Link("item", relative(href, root), media_type=pystac.MediaType.GEOJSON))
-        item.add_link(pystac.Link("collection", relative(f"{root}/collection.json", posixpath.dirname(href)),
-                                  media_type=pystac.MediaType.JSON))
-        item.collection_id = collection.id
-        write_atomic(href, json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
-                     "application/geo+json")
-    write_atomic(f"{root}/collection.json",
-                 json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False)).encode(),
-                 "application/json")
-    return len(items)
+    # named by the model, not the folder: the same run into another folder writes the same files
+    return write_collection(root, f"segpipe-segmentation-{model_version or 'model'}",
+                            f"segpipe segment output ({model_version})", items,
+                            {"segpipe:classes": list(spec.class_names)})
