@@ -19,14 +19,15 @@ preprocessing and model as ``segpipe segment`` and returns one shape per connect
   ``--conf-threshold`` is left out, as are regions under ``min_area`` pixels.
 
 Regions come from rasterio's ``features.shapes`` (GDAL's polygonize), rasterized back inside each
-region's box for its mask.
+region's box for its mask (``pipelines.segment.vectors``, as ``segpipe segment --vectors``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from segcli.segment import SegmentConfig
-from segformat.masks import IGNORE_INDEX, background_index
+from pipelines.segment.vectors import connected_regions, region_pixels
+from segformat.masks import background_index
 
 # Tiling as segpipe segment's (its reasons there).
 TILE_SIZE = SegmentConfig.__dataclass_fields__["tile_size"].default
@@ -34,31 +35,6 @@ BATCH_SIZE = SegmentConfig.__dataclass_fields__["batch_size"].default
 # Specks of a few pixels are what a person deletes by hand after an FCN (its output is upsampled
 # from a stride of 8): regions under 16 pixels (4x4) are not offered.
 MIN_AREA = 16
-
-
-def connected_regions(mask: np.ndarray, skip=()) -> list:
-    """[(class index, geometry as GeoJSON in pixel coordinates, (x0, y0, x1, y1))] for each
-    8-connected region of a class mask, the classes in ``skip`` and 255 left out."""
-    import rasterio.features
-    regions = []
-    for geometry, value in rasterio.features.shapes(mask, connectivity=8):
-        index = int(value)
-        if index in skip or index == IGNORE_INDEX:
-            continue
-        xs = [x for ring in geometry["coordinates"] for x, _ in ring]
-        ys = [y for ring in geometry["coordinates"] for _, y in ring]
-        regions.append((index, geometry, (int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys)))))
-    return regions
-
-
-def region_pixels(geometry: dict, box: tuple) -> np.ndarray:
-    """The region's pixels inside its box (pixel centres inside the outline: exactly the pixels
-    polygonize traced)."""
-    import rasterio.features
-    from rasterio.transform import Affine
-    x0, y0, x1, y1 = box
-    return rasterio.features.rasterize([(geometry, 1)], out_shape=(y1 - y0, x1 - x0),
-                                       transform=Affine.translation(x0, y0), dtype=np.uint8).astype(bool)
 
 
 class SegmentationFunction:
@@ -97,7 +73,7 @@ class SegmentationFunction:
         mask, confidence = self.segment(image)
         threshold = context.conf_threshold
         shapes = []
-        for index, geometry, box in connected_regions(mask, self.skip):
+        for index, geometry, box in connected_regions(mask, self.skip, connectivity=8):
             x0, y0, x1, y1 = box
             pixels = region_pixels(geometry, box)
             area = int(pixels.sum())

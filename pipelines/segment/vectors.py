@@ -18,23 +18,42 @@ import numpy as np
 from segformat.masks import IGNORE_INDEX
 
 
-def chunk_pieces(mask: np.ndarray, confidence: np.ndarray, core: tuple, height: int, width: int, skip=()) -> list:
-    """The regions of one chunk's mask (rows r0..r1, columns c0..c1 of a height x width raster):
-    [{"class", "geometry" (GeoJSON in the raster's pixel coordinates), "pixels", "confidence_sum",
-    "border" (it touches a border shared with another chunk)}]."""
+def connected_regions(mask: np.ndarray, skip=(), connectivity: int = 4, offset=(0, 0)) -> list:
+    """[(class index, geometry as GeoJSON in pixel coordinates, (x0, y0, x1, y1))] for each
+    connected region of a class mask whose top-left pixel is at ``offset`` (column, row) of the
+    image, the classes in ``skip`` and 255 left out."""
     import rasterio.features
     from rasterio.transform import Affine
-    r0, r1, c0, c1 = core
-    pieces = []
-    for geometry, value in rasterio.features.shapes(mask, connectivity=4, transform=Affine.translation(c0, r0)):
+    regions = []
+    for geometry, value in rasterio.features.shapes(mask, connectivity=connectivity,
+                                                    transform=Affine.translation(*offset)):
         index = int(value)
         if index in skip or index == IGNORE_INDEX:
             continue
         xs = [x for ring in geometry["coordinates"] for x, _ in ring]
         ys = [y for ring in geometry["coordinates"] for _, y in ring]
-        x0, y0, x1, y1 = int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys))
-        inside = rasterio.features.rasterize([(geometry, 1)], out_shape=(y1 - y0, x1 - x0),
-                                             transform=Affine.translation(x0, y0), dtype=np.uint8).astype(bool)
+        regions.append((index, geometry, (int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys)))))
+    return regions
+
+
+def region_pixels(geometry: dict, box: tuple) -> np.ndarray:
+    """The region's pixels inside its box (pixel centres inside the outline: exactly the pixels
+    polygonize traced)."""
+    import rasterio.features
+    from rasterio.transform import Affine
+    x0, y0, x1, y1 = box
+    return rasterio.features.rasterize([(geometry, 1)], out_shape=(y1 - y0, x1 - x0),
+                                       transform=Affine.translation(x0, y0), dtype=np.uint8).astype(bool)
+
+
+def chunk_pieces(mask: np.ndarray, confidence: np.ndarray, core: tuple, height: int, width: int, skip=()) -> list:
+    """The regions of one chunk's mask (rows r0..r1, columns c0..c1 of a height x width raster):
+    [{"class", "geometry" (GeoJSON in the raster's pixel coordinates), "pixels", "confidence_sum",
+    "border" (it touches a border shared with another chunk)}]."""
+    r0, r1, c0, c1 = core
+    pieces = []
+    for index, geometry, (x0, y0, x1, y1) in connected_regions(mask, skip, connectivity=4, offset=(c0, r0)):
+        inside = region_pixels(geometry, (x0, y0, x1, y1))
         window = confidence[y0 - r0:y1 - r0, x0 - c0:x1 - c0]
         border = (x0 == c0 and c0 > 0) or (x1 == c1 and c1 < width) or (y0 == r0 and r0 > 0) or \
             (y1 == r1 and r1 < height)
