@@ -11,6 +11,11 @@ VECTOR_FORMATS = {"geojson": (".geojson", "GeoJSON"), "gpkg": (".gpkg", "GPKG"),
 DESCRIPTION = "Batch segmentation: images or GeoTIFFs -> RunInference -> masks, summaries, COCO labels."
 
 
+def default_overlap(tile_size: int) -> int:
+    """The tile overlap when none is given (SegmentConfig.tile_overlap says why)."""
+    return min(64, tile_size // 4)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SegmentConfig:
     """Batch segmentation's settings; the command line's defaults come from here."""
@@ -60,7 +65,7 @@ class SegmentConfig:
 
     def __post_init__(self):
         if self.tile_overlap is None:
-            object.__setattr__(self, "tile_overlap", min(64, self.tile_size // 4))
+            object.__setattr__(self, "tile_overlap", default_overlap(self.tile_size))
         problems = []
         if self.tile_size < 32:
             problems.append(f"tile_size must be at least 32 (the FCN's stride), got {self.tile_size}")

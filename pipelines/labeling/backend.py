@@ -191,13 +191,17 @@ class Predictor:
         self._lock = threading.Lock()
 
     def load(self) -> None:
+        """The model and its segmenter, once (a test may hand make_server a predictor already loaded)."""
+        if self._segmenter is not None:
+            return
         from apache_beam.io.filesystems import FileSystems
 
+        from segcli.segment import default_overlap
         from segmodel.exported import load_exported
         from segmodel.predict import TiledSegmenter
         model = load_exported(self.config.model, FileSystems.open)
         tile = self.config.tile_size
-        self._segmenter = TiledSegmenter(model, len(self.class_names), tile, min(64, tile // 4), self.config.batch_size)
+        self._segmenter = TiledSegmenter(model, len(self.class_names), tile, default_overlap(tile), self.config.batch_size)
 
     def predict(self, file_name: str, read) -> tuple:
         """(uint8 mask, mean confidence, where it came from) for the image ``read()`` returns."""
@@ -412,8 +416,7 @@ def make_handler(backend: Backend, auth: str):
 
 def make_server(config: BackendConfig, predictor: Predictor | None = None) -> http.server.ThreadingHTTPServer:
     predictor = predictor or Predictor(config)
-    if predictor._segmenter is None:
-        predictor.load()
+    predictor.load()
     backend = Backend(config, predictor, AnnotationQueue(config.annotations_dir))
     server = http.server.ThreadingHTTPServer((config.host, config.port),
                                              make_handler(backend, os.environ.get(BASIC_AUTH_ENV, "")))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segcli.segment import SegmentConfig
+from segcli.segment import SegmentConfig, default_overlap
 from pipelines.segment.vectors import connected_regions, region_pixels
 from segformat.masks import background_index
 
@@ -57,7 +57,7 @@ class SegmentationFunction:
             cvataa.label_spec(name, index, type="mask") for index, name in enumerate(self.class_names)
             if index not in self.skip])
         self._segmenter = TiledSegmenter(load_exported(model, FileSystems.open), len(self.class_names), tile_size,
-                                         min(64, tile_size // 4), batch_size, confidence_map=True)
+                                         default_overlap(tile_size), batch_size, confidence_map=True)
 
     def segment(self, image) -> tuple:
         """(uint8 class mask, uint8 confidence x 255) of a PIL image."""
