@@ -269,3 +269,16 @@ def test_images_from_label_studio_with_its_token_and_from_elsewhere_without(serv
         for s in servers:
             s.shutdown()
             s.server_close()
+
+
+def test_a_restarted_server_goes_on_with_the_queue_it_left(tmp_path):
+    from pipelines.labeling.backend import AnnotationQueue
+    first = AnnotationQueue(str(tmp_path / "q"))
+    first.put({"id": 3, "data": {"image": "a.png"}}, {"id": 30, "result": []})
+    first.put({"id": 1, "data": {"image": "b.png"}}, {"id": 10, "result": []})
+    again = AnnotationQueue(str(tmp_path / "q"))  # a new process over the same folder
+    again.put({"id": 2, "data": {"image": "c.png"}}, {"id": 20, "result": []})
+    export = json.loads((tmp_path / "q" / "export.json").read_text())
+    assert [item["id"] for item in export] == [1, 2, 3]
+    assert again.remove({30}) == 1 and not (tmp_path / "q" / "tasks" / "3.json").exists()
+    assert [item["id"] for item in json.loads((tmp_path / "q" / "export.json").read_text())] == [1, 2]

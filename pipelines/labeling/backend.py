@@ -228,11 +228,14 @@ class Predictor:
 
 class AnnotationQueue:
     """The annotations people submitted, as Label Studio's JSON export (one task per file, the
-    latest annotation of each task), rewritten atomically after every event."""
+    latest annotation of each task), rewritten atomically after every event. The task files are
+    read once, when the first event comes (a restarted server goes on with the queue it left);
+    after that the export is written from memory."""
 
     def __init__(self, folder: str):
         self.folder = folder.rstrip("/")
         self._lock = threading.Lock()
+        self._items = None  # task id -> export item, once read
 
     def _task_file(self, task_id) -> str:
         return f"{self.folder}/tasks/{int(task_id)}.json"
@@ -241,19 +244,22 @@ class AnnotationQueue:
         from pipelines.common.storage import write_atomic
         item = {"id": task["id"], "data": task.get("data", {}), "annotations": [annotation]}
         with self._lock:
+            items = self._loaded()
             write_atomic(self._task_file(task["id"]), json.dumps(item).encode(), "application/json")
+            items[item["id"]] = item
             self._rewrite()
 
     def remove(self, annotation_ids) -> int:
         from apache_beam.io.filesystems import FileSystems
-        removed = 0
         with self._lock:
-            for item in self.items():
-                if any(a.get("id") in annotation_ids for a in item["annotations"]):
-                    FileSystems.delete([self._task_file(item["id"])])
-                    removed += 1
+            items = self._loaded()
+            gone = [task_id for task_id, item in items.items()
+                    if any(a.get("id") in annotation_ids for a in item["annotations"])]
+            for task_id in gone:
+                FileSystems.delete([self._task_file(task_id)])
+                del items[task_id]
             self._rewrite()
-        return removed
+        return len(gone)
 
     def note_training(self, event: dict) -> None:
         from apache_beam.io.filesystems import FileSystems
@@ -268,13 +274,17 @@ class AnnotationQueue:
             write_atomic(path, previous + (json.dumps(event) + "\n").encode(), "application/jsonl")
 
     def items(self) -> list:
-        from apache_beam.io.filesystems import FileSystems
-        matched = FileSystems.match([f"{self.folder}/tasks/*.json"])[0].metadata_list
-        items = []
-        for metadata in matched:
-            with FileSystems.open(metadata.path) as handle:
-                items.append(json.loads(handle.read()))
-        return sorted(items, key=lambda item: item["id"])
+        return sorted(self._loaded().values(), key=lambda item: item["id"])
+
+    def _loaded(self) -> dict:
+        if self._items is None:
+            from apache_beam.io.filesystems import FileSystems
+            self._items = {}
+            for metadata in FileSystems.match([f"{self.folder}/tasks/*.json"])[0].metadata_list:
+                with FileSystems.open(metadata.path) as handle:
+                    item = json.loads(handle.read())
+                self._items[item["id"]] = item
+        return self._items
 
     def _rewrite(self) -> None:
         from pipelines.common.storage import write_atomic
