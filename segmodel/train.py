@@ -32,15 +32,19 @@ from segmodel.metrics import ConfusionMatrixMetric
 LOG = logging.getLogger(__name__)
 
 
+def cluster_config() -> dict:
+    """TF_CONFIG, the cluster this process trains in and its place in it (empty on one machine)."""
+    return json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+
+
 def make_strategy():
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    if sum(len(v) for v in tf_config.get("cluster", {}).values()) > 1:
+    if sum(len(v) for v in cluster_config().get("cluster", {}).values()) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy()
 
 
 def is_chief() -> bool:
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    tf_config = cluster_config()
     task = tf_config.get("task", {})
     return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
                                                     and "chief" not in tf_config.get("cluster", {}))
@@ -110,12 +114,12 @@ def shard_between_workers(ds, pattern: str, split: str, workers: int):
 
 
 def task_index() -> int:
-    return int(json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {}).get("index", 0))
+    return int(cluster_config().get("task", {}).get("index", 0))
 
 
 def worker_count() -> int:
     """Machines in TF_CONFIG's cluster (chief and workers), 1 without one."""
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+    cluster = cluster_config().get("cluster", {})
     return max(1, sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")))
 
 
