@@ -3,7 +3,6 @@ emulator (gcp-storage-emulator) for everything that reads or writes gs://."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,6 @@ def testdata() -> Path:
     return TESTDATA
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gcs_server():
     """A real GCS emulator on 127.0.0.1 with one bucket, reached through a fault-injecting proxy
@@ -45,7 +38,8 @@ def gcs_server():
 
     from tests.fault_proxy import FaultProxy
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
-    port = _free_port()
+    from tests.helpers import free_ports
+    (port,) = free_ports(1)
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket="segpipe-test")
     server.start()
     proxy = FaultProxy(port).start()

@@ -127,3 +127,15 @@ def make_color_model(model_dir: Path) -> Path:
     (model_dir / "classes.json").write_text(json.dumps({"classes": [{"index": i, "name": n}
                                                                     for i, n in enumerate(COLOR_NAMES)]}))
     return model_dir
+
+
+def free_ports(n: int) -> list:
+    """``n`` distinct free TCP ports on 127.0.0.1 (for servers and training workers a test starts)."""
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

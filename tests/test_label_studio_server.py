@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 
 from pipelines import batch_segment
-from tests.helpers import COLOR_NAMES as NAMES, make_color_model
+from tests.helpers import COLOR_NAMES as NAMES, free_ports, make_color_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_STUDIO = Path(os.environ.get("SEGPIPE_LABEL_STUDIO", ROOT / ".labelstudio" / "bin" / "label-studio"))
@@ -32,12 +31,6 @@ EMAIL, PASSWORD = "segpipe@example.com", "segpipe-test-1"
 OFFLINE = {"LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "",
            "FRONTEND_SENTRY_DSN": "", "SSRF_PROTECTION_ENABLED": "false",
            "USE_DEFAULT_BANNED_SUBNETS": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, process, seconds: float, what: str):
@@ -71,7 +64,7 @@ def label_studio(tmp_path):
             pytest.fail(f"Label Studio not found at {LABEL_STUDIO} (make labelstudio)")
         pytest.skip(f"Label Studio not found at {LABEL_STUDIO} (make labelstudio installs it)")
     import requests
-    port = free_port()
+    (port,) = free_ports(1)
     data = tmp_path / "label_studio"
     env = dict(os.environ, **OFFLINE, LABEL_STUDIO_BASE_DATA_DIR=str(data), LOCAL_FILES_SERVING_ENABLED="true",
                LOCAL_FILES_DOCUMENT_ROOT=str(tmp_path))

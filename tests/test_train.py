@@ -13,6 +13,7 @@ import pytest
 from segmodel import evaluate, train
 from segcli.train import PRESETS, TrainConfig
 from segmodel.exported import register_custom_objects
+from tests.helpers import free_ports
 
 register_custom_objects()  # keras.models.load_model below reads the FCN's custom layers
 
@@ -231,17 +232,6 @@ def _start_workers(demo_dataset, model_dir, epochs, ports, logs):
     return processes
 
 
-def _free_ports(n):
-    import socket
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_train_together_and_resume_after_one_is_killed(demo_dataset, tmp_path):
     """The documented multi-machine path on one machine: two `segpipe train` processes with a
@@ -252,7 +242,7 @@ def test_two_workers_train_together_and_resume_after_one_is_killed(demo_dataset,
     import signal
     import time
     model_dir = tmp_path / "model"
-    ports = _free_ports(2)
+    ports = free_ports(2)
     workers = _start_workers(demo_dataset, model_dir, 4, ports, tmp_path)
     backup = model_dir / "backup" / "training_metadata.json"
     deadline = time.time() + 600
@@ -269,7 +259,7 @@ def test_two_workers_train_together_and_resume_after_one_is_killed(demo_dataset,
         workers[0].wait()
     assert not (model_dir / "model.keras").exists()
 
-    workers = _start_workers(demo_dataset, model_dir, 4, _free_ports(2), tmp_path)
+    workers = _start_workers(demo_dataset, model_dir, 4, free_ports(2), tmp_path)
     codes = [w.wait(600) for w in workers]
     assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
     log = (tmp_path / "worker0.log").read_text()
@@ -316,7 +306,7 @@ def test_two_workers_read_disjoint_examples_that_cover_the_data(tmp_path, shards
                           str(tmp_path / "data"), "--val_fraction", "0", "--num_shards", str(shards)])
     pattern = str(tmp_path / "data" / "train-*.tfrecord")
     assert len(list((tmp_path / "data").glob("train-*.tfrecord"))) == shards
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     workers = [subprocess.Popen([sys.executable, "-c", SHARD_PROBE, pattern, str(tmp_path / f"seen{i}.json")],
                                 cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE,
                                 env=dict(os.environ, TF_CONFIG=json.dumps(
