@@ -57,6 +57,14 @@ def main(argv=None):
     for run in runners.values():  # compile, allocate
         run()
         run()
+    # each runtime must compute what Keras computes before its time means anything
+    reference = keras_fn(tile).numpy()[0]
+    outputs = {"tflite_f32": runners["tflite_f32"]()["scores"][0], "tflite_f16": runners["tflite_f16"]()["scores"][0],
+               "onnx": runners["onnx"]()[0][0]}
+    for name, scores in outputs.items():
+        agreement = float(np.mean(scores.argmax(-1) == reference.argmax(-1)))
+        if scores.shape != reference.shape or agreement < 0.99:
+            raise SystemExit(f"{name}: scores {scores.shape} agree with Keras on {agreement:.4f} of the pixels")
     times = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, run in runners.items():

@@ -75,6 +75,11 @@ def main(argv=None):
             (train_command(f"{work}/data", f"{work}/two", args.epochs, args.batch_size),
              dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})))
             for i in range(2)]))
+        for run in ("one", "two"):  # both runs trained to the end and exported a model
+            with open(f"{work}/{run}/history.csv") as handle:
+                epochs = len(handle.read().strip().splitlines()) - 1
+            if epochs != args.epochs or not os.path.exists(f"{work}/{run}/model.keras"):
+                raise SystemExit(f"the {run} run logged {epochs} epochs of {args.epochs} or exported no model")
     result = {"cores": os.cpu_count(), "steps": steps, "global_batch": args.batch_size,
               "images_per_s": {k: [steps * args.batch_size / t for t in v] for k, v in times.items()}}
     best = {k: max(v) for k, v in result["images_per_s"].items()}
