@@ -32,6 +32,11 @@ class FaultProxy:
         self.faults = collections.Counter()
         self.requests = collections.Counter()
         self.failed_paths = []
+        # The emulator serves one connection at a time from a listen queue of 5: with dozens of
+        # client threads retrying at once its queue overflows and connects stall for seconds
+        # (SYNs dropped, retried at 1, 3, 7 s ...). One upstream request at a time keeps its queue
+        # empty; it could not serve two at once anyway.
+        self.upstream_lock = threading.Lock()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -72,14 +77,15 @@ class FaultProxy:
                 self._forward(body)
 
             def _forward(self, body: bytes):
-                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
-                upstream.request(self.command, self.path, body=body if body or self.command in ("POST", "PUT")
-                                 else None, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                upstream.close()
+                with proxy.upstream_lock:
+                    upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
+                    upstream.request(self.command, self.path, body=body if body or self.command in ("POST", "PUT")
+                                     else None, headers=headers)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    upstream.close()
                 self.send_response(response.status, response.reason)
                 for key, value in response.getheaders():
                     if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
@@ -93,6 +99,9 @@ class FaultProxy:
 
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
+            # socketserver's default listen queue is 5: a burst of reconnects after injected
+            # resets would overflow it and the clients' connects would stall as above.
+            request_queue_size = 256
 
             def handle_error(self, request, client_address):  # a client that gave up: not news
                 pass
