@@ -50,7 +50,8 @@ setuptools.setup(
         # selenium drives Debian's chromium/chromedriver for the report's browser test.
         # rio-cogeo: a real Cloud-Optimized GeoTIFF validator for the masks batch_segment writes.
         # pytest below 9.2: with 9.2 pytest-xdist's --dist loadgroup groups nothing (pytest-xdist
-        # issue 1386) and the trained model of the tests would be trained on both workers.
+        # issue 1386) and the trained model of the tests would be trained on both workers
+        # (tests/conftest.py fails when that happens).
         "test": ["pytest>=8,<9.2", "pytest-xdist>=3.5,<4", "gcp-storage-emulator>=2024.8.3", "selenium>=4.20,<5",
                  "rio-cogeo>=5,<8",
                  # fuzzing (tests/test_fuzz.py)

@@ -18,6 +18,12 @@ class MaskedCrossEntropy(keras.losses.Loss):
     ``y_true``: int labels [N, H, W] or [N, H, W, 1]; ``y_pred``: logits [N, H, W, C].
     With ``class_weights`` each pixel counts with its class's weight (and the mean divides by the
     summed weights), the usual way to keep rare classes from vanishing.
+
+    Under a tf.distribute strategy with several replicas (GPUs, workers) the value is divided by
+    their number, as Keras's own losses are (its reduction does it, and it skips a loss that is
+    already a scalar): the replicas' gradients are summed, and Keras multiplies the logged loss
+    back. Each replica's mean is over its own pixels, so with the same count of valid pixels
+    per replica the step equals one process's over the whole global batch.
     """
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, class_weights=None, name="masked_cross_entropy",
@@ -37,7 +43,9 @@ class MaskedCrossEntropy(keras.losses.Loss):
         weights = ops.cast(valid, "float32")
         if self.class_weights is not None:
             weights = weights * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe)
-        return ops.sum(losses * weights) / ops.maximum(ops.sum(weights), 1e-6)
+        mean = ops.sum(losses * weights) / ops.maximum(ops.sum(weights), 1e-6)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return mean / replicas if replicas > 1 else mean
 
     def get_config(self):
         return {**super().get_config(), "ignore_index": self.ignore_index, "class_weights": self.class_weights}

@@ -195,17 +195,24 @@ def _epoch_of(metadata: str):
 
 
 def repair_backup(backup_dir: str) -> None:
-    """Undoes a backup that a kill cut short while Keras's BackupAndRestore wrote its metadata.
+    """Undoes a backup that a kill cut short while Keras's BackupAndRestore wrote it.
 
     Keras saves the weights, then writes ``training_metadata.json`` in place (not by rename); a
     kill in between leaves new weights beside an empty or partial metadata file, which Keras's
     restore cannot read (a JSONDecodeError, which its fallback to the previous backup does not
     catch). Then the previous backup (``.bkp``, kept by double_checkpoint) is put back as a pair,
-    or, without one, the backup is removed and training starts again."""
+    or, without one, the backup is removed and training starts again. Weights without any
+    metadata are a first backup cut short (perhaps half a file, which Keras's fallback cannot
+    mend as there is no previous backup): removed, and training starts again."""
     metadata = f"{backup_dir}/training_metadata.json"
-    if not tf.io.gfile.exists(metadata) or _epoch_of(metadata) is not None:
-        return
     weights = f"{backup_dir}/latest.weights.h5"
+    if not tf.io.gfile.exists(metadata):
+        if tf.io.gfile.exists(weights):
+            LOG.warning("%s: the first backup was cut short; training starts again", backup_dir)
+            tf.io.gfile.remove(weights)
+        return
+    if _epoch_of(metadata) is not None:
+        return
     if _epoch_of(f"{metadata}.bkp") is not None and tf.io.gfile.exists(f"{weights}.bkp"):
         LOG.warning("%s: the last backup was cut short; resuming from the one before it", backup_dir)
         tf.io.gfile.copy(f"{weights}.bkp", weights, overwrite=True)
@@ -215,6 +222,23 @@ def repair_backup(backup_dir: str) -> None:
     for path in (metadata, weights):
         if tf.io.gfile.exists(path):
             tf.io.gfile.remove(path)
+
+
+BACKUP_FILES = ("latest.weights.h5", "training_metadata.json", "latest.weights.h5.bkp", "training_metadata.json.bkp")
+
+
+def resume_from_chief(chief_backup: str, own_backup: str) -> None:
+    """A worker other than the chief resumes from the chief's backup, not its own: the workers
+    of a run must start from the same epoch and weights (a worker killed while writing its own
+    backup would otherwise start over, or from another epoch, than the rest). Its own backup is
+    replaced by a copy of the chief's files (none when the chief has none: all start again).
+    Called before the workers connect, so the chief has not yet begun to restore or save."""
+    if tf.io.gfile.exists(own_backup):
+        tf.io.gfile.rmtree(own_backup)
+    tf.io.gfile.makedirs(own_backup)
+    for name in BACKUP_FILES:
+        if tf.io.gfile.exists(f"{chief_backup}/{name}"):
+            tf.io.gfile.copy(f"{chief_backup}/{name}", f"{own_backup}/{name}", overwrite=True)
 
 
 def trim_history(history_csv: str, backup_dir: str) -> None:
@@ -266,6 +290,13 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
     with tf.io.gfile.GFile(f"{model_dir}/classes.json", "w") as handle:
         json.dump(classes, handle, indent=2)
 
+    chief = is_chief()
+    # A worker other than the chief writes its logs, history and backups (Keras would have them race
+    # on the chief's files) to a folder of its own, named by its task index; removed when training
+    # ends. It restores from a copy of the chief's backup, taken before the workers connect.
+    scratch = model_dir if chief else f"{model_dir}/worker-{task_index()}-tmp"
+    if not chief:
+        resume_from_chief(f"{model_dir}/backup", f"{scratch}/backup")
     strategy = make_strategy()
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -302,11 +333,6 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
                       metrics=[ConfusionMatrixMetric(num_classes)])
     multi_worker_workarounds(model, strategy)
 
-    chief = is_chief()
-    # A worker other than the chief writes its logs, history and backups (Keras would have them race
-    # on the chief's files) to a folder of its own, named by its task index so that a restarted
-    # worker finds its backup; removed when training ends.
-    scratch = model_dir if chief else f"{model_dir}/worker-{task_index()}-tmp"
     # Per epoch, in this order: the history row, the best model, then the backup (the commit
     # point). A kill between them is undone on resume: trim_history drops the rows of epochs the
     # backup lacks, and every file is replaced by rename (save_atomic), never left half-written.

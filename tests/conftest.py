@@ -131,6 +131,7 @@ def _once_across_workers(name: str, tmp_path_factory):
                     f"its tests on one worker")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the marks into node ids
 def pytest_collection_modifyitems(config, items):
     """With ``-n 2 --dist loadgroup`` (``make test``), the tests that share the trained model run
     on one worker, so the model is trained once (about two minutes), not once per worker."""
