@@ -1,6 +1,7 @@
 """batch_segment end to end with real components: a real Keras model, real files, real GCS emulator."""
 import json
 import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -627,3 +628,45 @@ def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path
                      for f in layer)
     assert got == sorted((f["properties"]["class"], f["properties"]["area_pixels"], shape(f["geometry"]).bounds)
                          for f in reference)
+
+
+def test_vectors_of_rasters_without_a_crs_say_which_coordinates_they_hold(tmp_path):
+    """A GeoTIFF with a geotransform but no CRS: polygons in the transform's coordinates (on its
+    mask in a GIS), said as "transform", no CRS member; one with neither: pixel coordinates."""
+    import rasterio
+    import rasterio.features
+    import shapely
+    from rasterio.transform import from_origin
+    from shapely.geometry import shape
+    from tests.helpers import make_color_model
+    (tmp_path / "model").mkdir()
+    model_dir = make_color_model(tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+    scene = colors[np.random.default_rng(4).integers(0, 4, (8, 9))].repeat(7, 0).repeat(7, 1)  # 56 x 63
+    transform = from_origin(1000, 2000, 2, 2)
+    for name, georeference in (("placed.tif", {"transform": transform}), ("bare.tif", {})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(inputs / name, "w", driver="GTiff", height=56, width=63, count=3, dtype="uint8",
+                               **georeference) as dst:
+                dst.write(scene.transpose(2, 0, 1))
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "64", "--vectors")
+    assert not (tmp_path / "out/stac").exists()  # no Item without a CRS (none can be placed in WGS84)
+    for name, coordinates, pixel_area in (("placed", "transform", 4), ("bare", "pixels", 1)):
+        collection = json.loads((tmp_path / f"out/vectors/{name}.geojson").read_text())
+        assert collection["segpipe:coordinates"] == coordinates and "crs" not in collection
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(tmp_path / f"out/masks/{name}.tif") as src:
+                labels, mask_transform = src.read(1), src.transform
+        # GDAL's polygonize of the written mask, placed by the mask's own transform
+        expected = sorted(shape(g).wkt for g, v in rasterio.features.shapes(labels, transform=mask_transform)
+                          if int(v) != 0)
+        got = collection["features"]
+        assert len(got) == len(expected) > 5
+        assert all(shapely.equals(shapely.from_wkt(a), shapely.from_wkt(b))
+                   for a, b in zip(sorted(shape(f["geometry"]).wkt for f in got), expected))
+        for feature in got:
+            assert feature["properties"]["area"] == pytest.approx(feature["properties"]["area_pixels"] * pixel_area)

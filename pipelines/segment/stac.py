@@ -7,7 +7,8 @@ extension (the CRS's EPSG code, or its WKT2, the transform and shape), the class
 on the mask asset naming every class value (and 255: nodata), and assets with roles and media
 types: the mask COG (``data``), the scores COG with ``--scores`` (``data``, ``confidence``), the
 input's record (``metadata``). Asset hrefs are relative to the Item, so the folder can be moved or
-copied to a bucket whole. Photos have no CRS and get no Item (their masks are listed in
+copied to a bucket whole. Photos and GeoTIFFs without a CRS get no Item (a STAC Item's geometry
+is in WGS84, which a raster without a CRS cannot be placed in; their masks are listed in
 summary.jsonl). pystac is imported here only: a job without STAC output never loads it.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 def raster_item(record: dict, scores: str | None, item_href: str, class_names, model_version: str,
                 vectors: str | None = None):
-    """The STAC Item of one segmented GeoTIFF's record (its mask header read for the grid)."""
+    """The STAC Item of one segmented GeoTIFF's record (its mask header read for the grid); None
+    for a raster without a CRS."""
     import pystac
     from pystac.extensions.classification import Classification, ClassificationExtension
     from rasterio.warp import transform_bounds, transform_geom
@@ -31,6 +33,8 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     from pipelines.common import rasters
     with rasters.open_raster(record["mask"]) as src:
         crs, transform, shape, bounds = src.crs, src.transform, (src.height, src.width), src.bounds
+    if crs is None:
+        return None
     west, south, east, north = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=EDGE_POINTS)
     corners = [(bounds.left, bounds.bottom), (bounds.right, bounds.bottom), (bounds.right, bounds.top),
                (bounds.left, bounds.top), (bounds.left, bounds.bottom)]
@@ -79,7 +83,8 @@ def write_catalog(records, spec, model_version: str) -> int:
         href = f"{root}/items/{rel}.json"
         item = raster_item(record, scores_path(spec, rel, "geotiff") if spec.scores else None, href,
                            spec.class_names, model_version, vectors_path(spec, rel) if spec.vectors else None)
-        items.append((href, item))
+        if item is not None:
+            items.append((href, item))
     items.sort(key=lambda pair: pair[0])  # the same order on every run
     # named by the model, not the folder: the same run into another folder writes the same files
     return write_collection(root, f"segpipe-segmentation-{model_version or 'model'}",

@@ -110,10 +110,12 @@ def feature_collection(regions: list, class_names, transform=None, crs: str = ""
             "class": class_names[region["class"]], "class_index": region["class"],
             "area_pixels": region["pixels"], "area": region["pixels"] * pixel_area,
             "mean_confidence": region["confidence_sum"] / max(region["pixels"], 1), "source": source}})
-    # said in the file: a raster without a CRS (or a photo) gets polygons in pixel coordinates
-    collection = {"type": "FeatureCollection", "features": features,
-                  "segpipe:coordinates": "crs" if crs and transform is not None else "pixels"}
-    if crs:  # GDAL and QGIS read a named CRS member (GeoJSON 2008) beside RFC 7946's WGS84 default
+    # said in the file: "crs" (the raster's CRS), "transform" (a raster with a geotransform but no
+    # CRS: the transform's coordinates, so the polygons lie on its mask in a GIS; area in its
+    # units), "pixels" (a photo, or a raster with neither)
+    coordinates = "pixels" if transform is None else "crs" if crs else "transform"
+    collection = {"type": "FeatureCollection", "features": features, "segpipe:coordinates": coordinates}
+    if coordinates == "crs":  # GDAL and QGIS read a named CRS member (GeoJSON 2008) beside RFC 7946's WGS84 default
         from rasterio.crs import CRS
         epsg = CRS.from_user_input(crs).to_epsg()
         if epsg is not None:
