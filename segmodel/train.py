@@ -224,9 +224,6 @@ def repair_backup(backup_dir: str) -> None:
             tf.io.gfile.remove(path)
 
 
-BACKUP_FILES = ("latest.weights.h5", "training_metadata.json", "latest.weights.h5.bkp", "training_metadata.json.bkp")
-
-
 def resume_from_chief(chief_backup: str, own_backup: str) -> None:
     """A worker other than the chief resumes from the chief's backup, not its own: the workers
     of a run must start from the same epoch and weights (a worker killed while writing its own
@@ -236,9 +233,8 @@ def resume_from_chief(chief_backup: str, own_backup: str) -> None:
     if tf.io.gfile.exists(own_backup):
         tf.io.gfile.rmtree(own_backup)
     tf.io.gfile.makedirs(own_backup)
-    for name in BACKUP_FILES:
-        if tf.io.gfile.exists(f"{chief_backup}/{name}"):
-            tf.io.gfile.copy(f"{chief_backup}/{name}", f"{own_backup}/{name}", overwrite=True)
+    for name in tf.io.gfile.listdir(chief_backup) if tf.io.gfile.isdir(chief_backup) else ():
+        tf.io.gfile.copy(f"{chief_backup}/{name}", f"{own_backup}/{name}", overwrite=True)
 
 
 def trim_history(history_csv: str, backup_dir: str) -> None:

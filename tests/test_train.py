@@ -326,6 +326,16 @@ json.dump(seen, open(out, "w"))
 """
 
 
+def _scene_records(tmp_path, shards: int) -> str:
+    """24 demo scenes as training records in ``shards`` files (no val split): their pattern."""
+    from pipelines import coco_to_tfrecord
+    from pipelines.demo_world import scenes
+    annotations = scenes.write_coco_dataset(str(tmp_path / "coco"), 24, seed=5)
+    coco_to_tfrecord.run(["--annotations", annotations, "--images", str(tmp_path / "coco/images"), "--output_dir",
+                          str(tmp_path / "data"), "--val_fraction", "0", "--num_shards", str(shards)])
+    return str(tmp_path / "data" / "train-*.tfrecord")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shards", [1, 4])
 def test_two_workers_read_disjoint_examples_that_cover_the_data(tmp_path, shards):
@@ -334,12 +344,7 @@ def test_two_workers_read_disjoint_examples_that_cover_the_data(tmp_path, shards
     every record once; by file with 4 shards, by example with 1."""
     import os
 
-    from pipelines import coco_to_tfrecord
-    from pipelines.demo_world import scenes
-    annotations = scenes.write_coco_dataset(str(tmp_path / "coco"), 24, seed=5)
-    coco_to_tfrecord.run(["--annotations", annotations, "--images", str(tmp_path / "coco/images"), "--output_dir",
-                          str(tmp_path / "data"), "--val_fraction", "0", "--num_shards", str(shards)])
-    pattern = str(tmp_path / "data" / "train-*.tfrecord")
+    pattern = _scene_records(tmp_path, shards)
     assert len(list((tmp_path / "data").glob("train-*.tfrecord"))) == shards
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     workers = [subprocess.Popen([sys.executable, "-c", SHARD_PROBE, pattern, str(tmp_path / f"seen{i}.json")],
@@ -372,17 +377,13 @@ def test_two_workers_train_the_same_model_as_one_process_with_the_same_global_ba
     docs/training.md)."""
     import os
 
-    from pipelines import coco_to_tfrecord
-    from pipelines.demo_world import scenes
-    annotations = scenes.write_coco_dataset(str(tmp_path / "coco"), 24, seed=5)
-    coco_to_tfrecord.run(["--annotations", annotations, "--images", str(tmp_path / "coco/images"), "--output_dir",
-                          str(tmp_path / "data"), "--val_fraction", "0", "--num_shards", "1"])
-    data = str(tmp_path / "data" / "train-*.tfrecord")
+    data = _scene_records(tmp_path, 1)
     root = Path(__file__).resolve().parents[1]
 
     def command(model_dir, batch="8"):
         argv = [batch if a == "8" else a for a in EQUAL_RUN]
-        return [sys.executable, "-m", "segcli.main", "train", "--train_data", data, "--model_dir", str(model_dir), *argv]
+        return [sys.executable, "-m", "segcli.main", "train", "--train_data", data, "--model_dir", str(model_dir),
+                *argv]
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}

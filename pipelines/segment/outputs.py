@@ -78,8 +78,6 @@ def write_vectors(spec: OutputSpec, rel: str, regions: list, info) -> None:
 
     from pipelines.segment import vectors
     transform = Affine(*info.transform) if info.transform else None
-    if transform is not None and transform.is_identity:  # no geotransform (GDAL's default): pixels
-        transform = None
     collection = vectors.feature_collection(regions, spec.class_names, transform, info.crs or "", info.source,
                                             spec.vector_min_area, spec.vector_simplify)
     if spec.vector_format == "geojson":

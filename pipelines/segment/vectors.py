@@ -91,10 +91,12 @@ def merge_pieces(pieces: list) -> list:
 def feature_collection(regions: list, class_names, transform=None, crs: str = "", source: str = "",
                        min_area: int = 0, simplify: float = 0.0) -> dict:
     """Regions in pixel coordinates -> a GeoJSON FeatureCollection in the raster's CRS (``transform``:
-    its affine, pixel -> CRS; None: pixel coordinates). ``min_area`` in pixels; ``simplify``: a
+    its affine, pixel -> CRS; None or the identity: pixel coordinates). ``min_area`` in pixels; ``simplify``: a
     tolerance in pixels, topology-preserving (shapely), holes kept."""
     import shapely
     from shapely.geometry import mapping, shape
+    if transform is not None and transform.is_identity:  # no geotransform (GDAL's default): pixels
+        transform = None
     features = []
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d) if transform is not None else 1.0
     for region in sorted(regions, key=lambda r: (r["class"], -r["pixels"], shape(r["geometry"]).bounds)):
