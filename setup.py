@@ -30,6 +30,9 @@ INSTALL_REQUIRES = [
     "simplejpeg>=1.7,<2",
     # STAC Items and a Collection for segmented GeoTIFFs (what GIS catalogues and maps load).
     "pystac>=1.10,<2",
+    # GDAL's OGR for polygon layers: segpipe segment --vectors writes GeoPackage (GIS's default
+    # format) and FlatGeobuf, segpipe dataset raster reads GeoPackage, Shapefile and other labels.
+    "fiona>=1.9,<2",
 ]
 
 setuptools.setup(
@@ -41,8 +44,8 @@ setuptools.setup(
                                                "segformat.*", "segmodel", "segmodel.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # GeoPackage and Shapefile labels for segpipe dataset raster (GeoJSON needs nothing more)
-        "vectors": ["fiona>=1.9,<2"],
+        # kept for installs that name it: fiona is now installed with segpipe
+        "vectors": [],
         # the CVAT auto-annotation function (pipelines.labeling.cvat_function) and the cvat-cli that runs it
         "cvat": ["cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3"],
         # segpipe export --format onnx
@@ -60,7 +63,6 @@ setuptools.setup(
                  "label-studio-sdk>=1.0,<3",
                  # CVAT's import engine reads the COCO 1.0 and Segmentation mask 1.1 batches back
                  "datumaro>=1.10,<2",
-                 "fiona>=1.9,<2",
                  # the CVAT function run through cvat-sdk's and cvat-cli's own machinery
                  "cvat-sdk>=2.25,<3", "cvat-cli>=2.25,<3",
                  # the ONNX export, converted by tf2onnx and run by onnxruntime

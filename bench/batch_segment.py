@@ -16,6 +16,8 @@ Throughput, in one run, same model, tile size and batch size (issue 9's targets)
   Target: at most 64 KB per input (no masks go through a shuffle at all).
 --memory: peak RSS of batch_segment on generated 4096x4096, 65536x4096 (wide) and 16384x16384
   3-band GeoTIFFs (tiny model), each in a fresh process. Target: each at most 1.3x the 4096^2 one.
+--gis: --vectors --scores against masks alone on the 16384x16384 GeoTIFF, alternating runs.
+  Targets: at most 15 % more wall time; peak RSS 16384^2 / 4096^2 with them at most 1.3.
 Every run checks its outputs (images segmented == given, no error records, one mask per input)
 before it prints a figure.
 """
@@ -227,6 +229,72 @@ def peak_rss(work: str) -> dict:
     return results
 
 
+def gis_cost(work: str, rounds: int) -> dict:
+    """What the GIS outputs cost: ``--vectors --scores`` against masks alone on the 16384^2
+    GeoTIFF (tiny model, default chunks), in alternating runs (masks, GIS, masks, GIS, ...: the
+    machine's drift falls on both), the median of each; peak RSS 16384^2 / 4096^2 with them on; the
+    bytes through every GroupByKey per raster (each run counts them, so both arms pay the same)."""
+    import shutil
+    import statistics
+
+    from pipelines.demo_world.scenes import write_geotiff_mosaic
+    tiny = make_model(os.path.join(work, "model_tiny"), 0.125, 128)
+    code = ("import resource, sys; from pipelines import batch_segment; "
+            "from tests.shuffle_bytes import counting_shuffles, shuffle_bytes\n"
+            "with counting_shuffles():\n    result = batch_segment.run(sys.argv[1:])\n"
+            "print('SHUFFLE_BYTES', sum(shuffle_bytes(result).values()))\n"
+            "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+    def run(size: int, gis: bool) -> dict:
+        raster = os.path.join(work, f"raster_{size}x{size}", "mosaic.tif")
+        if not os.path.exists(raster):
+            os.makedirs(os.path.dirname(raster), exist_ok=True)
+            write_geotiff_mosaic(raster, size, block=1024, width=size)
+        out = os.path.join(work, f"gis_out_{size}")
+        shutil.rmtree(out, ignore_errors=True)
+        flags = ["--vectors", "--scores"] if gis else []
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code, "--model", tiny, "--input", raster, "--output_dir", out,
+                               *flags], capture_output=True, text=True, cwd=ROOT, env=ENV)
+        wall = time.perf_counter() - started
+        if done.returncode:
+            raise SystemExit(done.stderr[-3000:])
+        check_outputs(out, 1)
+        if gis:  # the outputs asked for are there: a scores COG and polygons
+            import fiona
+            if not os.path.exists(f"{out}/scores/mosaic.tif"):
+                raise SystemExit(f"{out}: no scores COG")
+            with fiona.open(f"{out}/segments.gpkg") as layer:
+                features = len(layer)
+            if not features:
+                raise SystemExit(f"{out}: no polygons")
+        result = {"wall_s": wall, "peak_rss_mb": int(done.stdout.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024,
+                  "shuffle_bytes": int(done.stdout.rsplit("SHUFFLE_BYTES", 1)[1].split()[0])}
+        print(f"{size}^2 {'--vectors --scores' if gis else 'masks only'}: {wall:.0f} s, peak RSS "
+              f"{result['peak_rss_mb']:.0f} MB, {result['shuffle_bytes']} bytes through GroupByKeys"
+              + (f", {features} polygons" if gis else ""), flush=True)
+        return result
+
+    times = {False: [], True: []}
+    last = {}
+    for _ in range(rounds):
+        for gis in (False, True):
+            last[gis] = run(16384, gis)
+            times[gis].append(last[gis]["wall_s"])
+    small = run(4096, True)
+    masks, gis = statistics.median(times[False]), statistics.median(times[True])
+    results = {"gis_wall_s_16384": times[True], "masks_wall_s_16384": times[False],
+               "gis_time_ratio": gis / masks, "gis_rss_ratio_16384_4096": last[True]["peak_rss_mb"] / small["peak_rss_mb"],
+               "gis_peak_rss_mb_16384": last[True]["peak_rss_mb"], "gis_peak_rss_mb_4096": small["peak_rss_mb"],
+               "gis_shuffle_bytes_16384": last[True]["shuffle_bytes"],
+               "masks_shuffle_bytes_16384": last[False]["shuffle_bytes"]}
+    print(f"--vectors --scores on 16384^2: {gis:.0f} s against {masks:.0f} s for masks alone (medians of {rounds}): "
+          f"{100 * (gis / masks - 1):+.1f} % (target <= +15 %); peak RSS 16384^2 / 4096^2 with them: "
+          f"{results['gis_rss_ratio_16384_4096']:.2f} (target <= 1.3); bytes through GroupByKeys per raster: "
+          f"{last[True]['shuffle_bytes']} (masks alone: {last[False]['shuffle_bytes']})")
+    return results
+
+
 def precision_check(work: str, args) -> dict:
     """bfloat16 vs float32: speed of the bench model on the same tiles; changed pixels on a
     trained model (an untrained FCN's zero-initialised scores would agree trivially)."""
@@ -291,6 +359,8 @@ def main(argv=None):
     parser.add_argument("--null", action="store_true", help="the pipeline's own CPU cost with a null model")
     parser.add_argument("--shuffle", action="store_true", help="bytes through shuffles per input")
     parser.add_argument("--memory", action="store_true", help="peak RSS on 4096^2, 65536x4096, 16384^2 GeoTIFFs")
+    parser.add_argument("--gis", action="store_true", help="--vectors --scores against masks alone on 16384^2")
+    parser.add_argument("--gis_rounds", type=int, default=2, help="alternating runs of each for --gis")
     parser.add_argument("--precision", action="store_true",
                         help="also time bfloat16 vs float32 on the same tiles, and count changed pixels with a "
                              "trained model (--trained_model) on its held-out images (--trained_images)")
@@ -311,6 +381,8 @@ def main(argv=None):
         results.update(precision_check(work, args))
     if args.memory:
         results.update(peak_rss(work))
+    if args.gis:
+        results.update(gis_cost(work, args.gis_rounds))
     name = f"batch_segment_w{args.width}.json"
     with open(os.path.join(args.output, name), "w") as handle:
         json.dump(results, handle, indent=2)

@@ -2,7 +2,7 @@
 
     python -m pipelines.batch_segment --model MODEL --input 'GLOB or gs://bucket/prefix/*' \\
         --output_dir OUT [--tile_size 512] [--tile_overlap 64] [--batch_size 8] [--bands 1,2,3] \\
-        [--chunk_size 4096] [--skip_existing] [--overlays] [Beam options]
+        [--chunk_size 4096] [--skip_existing] [--overlays] [--scores [all]] [--vectors] [Beam options]
 
 One path for photos and rasters (docs/architecture.md has the diagram):
   MatchFiles -> PlanChunks (a photo is one chunk; a GeoTIFF's header is read and its output cut
@@ -11,7 +11,8 @@ One path for photos and rasters (docs/architecture.md has the diagram):
   chunks in a batch pooled into model calls; blended and resolved on the accelerator; the mask
   and record written) -> a finished input's record, or a raster chunk's part file
   -> GroupParts (part paths and statistics, per raster) -> MergeParts (one Cloud-Optimized GeoTIFF)
-  -> records -> Assemble: summary.jsonl (most uncertain first) and labels_coco.json, streamed.
+  -> records -> Assemble: summary.jsonl (most uncertain first) and labels_coco.json, streamed; STAC
+  -> with --vectors, JobLayers: OUT/segments.gpkg from every input's polygons, one input at a time.
 No pixels and no scores cross a shuffle: only descriptions, part paths and statistics.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ class PlanChunksFn(beam.DoFn):
         if config.skip_existing and FileSystems.exists(outputs.mask_path(spec, rel, kind)) \
                 and FileSystems.exists(outputs.record_path(spec, rel)) \
                 and (not spec.scores or FileSystems.exists(outputs.scores_path(spec, rel, kind))) \
+                and (spec.scores != "all" or FileSystems.exists(outputs.probabilities_path(spec, rel))) \
                 and (not spec.vectors or FileSystems.exists(outputs.vectors_path(spec, rel))):
             with FileSystems.open(outputs.record_path(spec, rel)) as handle:
                 count("images_skipped")
@@ -110,6 +112,12 @@ def finished(outcome: dict):
         yield outcome["record"]
 
 
+def counted_error(record: dict) -> dict:
+    """A job-wide output's error record, counted as such (no input was rejected)."""
+    count(f"outputs_failed/{record['reason']}")
+    return record
+
+
 def segment_handler(config: SegmentConfig) -> ChunkModelHandler:
     return ChunkModelHandler(
         config.model, outputs.ChunkWriter(output_spec(config)), num_classes=len(config.class_names),
@@ -152,7 +160,14 @@ def build_pipeline(p, input_pattern: str, config: SegmentConfig):
     _ = (p | "AssembleTrigger" >> beam.Create([None])
          | "Assemble" >> beam.Map(outputs.assemble_outputs, beam.pvalue.AsList(record_files), out,
                                   config.class_names, config.model_version, output_spec(config)))
-    _ = (segmented["errors"]
+    errors = segmented["errors"]
+    if config.vectors:  # the job-wide polygon layer, from every input's polygons
+        layer_errors = (p | "LayersTrigger" >> beam.Create([None])
+                        | "JobLayers" >> beam.FlatMap(outputs.write_job_layers, beam.pvalue.AsList(record_files),
+                                                      output_spec(config))
+                        | "CountLayerErrors" >> beam.Map(counted_error))
+        errors = (errors, layer_errors) | "AllJobErrors" >> beam.Flatten()
+    _ = (errors
          | "ErrorsToJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True))
          | "WriteErrors" >> beam.io.WriteToText(f"{out}/errors", file_name_suffix=".jsonl", num_shards=1,
                                                 shard_name_template=""))

@@ -8,6 +8,8 @@ from segmodel.architectures import INFERENCE_PRECISIONS
 
 # The vector outputs' formats: file suffix and OGR driver.
 VECTOR_FORMATS = {"geojson": (".geojson", "GeoJSON"), "gpkg": (".gpkg", "GPKG"), "fgb": (".fgb", "FlatGeobuf")}
+# --scores: none, the top class's probability, or that and every class's (SegmentConfig.scores).
+SCORE_OUTPUTS = ("", "top", "all")
 DESCRIPTION = "Batch segmentation: images or GeoTIFFs -> RunInference -> masks, summaries, COCO labels."
 
 
@@ -42,18 +44,21 @@ class SegmentConfig:
     chunk_size: int = 4096
     skip_existing: bool = False
     overlays: bool = False
-    # OUT/scores/REL.png|.tif: the top class's probability x 255 per pixel (uint8, 0 = nodata),
-    # what a reviewer or a GIS analyst thresholds; off by default (one more file per input).
-    scores: bool = False
-    # OUT/vectors/REL.geojson: a polygon per connected region of each class (the background
-    # aside), in the raster's CRS (photos: pixels), merged across chunk borders.
+    # "top": OUT/scores/REL.png|.tif, the top class's probability x 255 per pixel (uint8, 0 =
+    # nodata), what a reviewer or a GIS analyst thresholds; "all": also OUT/probabilities/REL.tif,
+    # one uint8 band per class (C bytes a pixel: for a soft label, a class-specific threshold or an
+    # ensemble). "" (default): neither (one or two more files per input).
+    scores: str = ""
+    # OUT/vectors/REL.gpkg and the job's OUT/segments.gpkg: a polygon per connected region of each
+    # class (the background aside), in the raster's CRS (photos: pixels), merged across chunk borders.
     vectors: bool = False
     # Regions under this many pixels are left out of the vectors (0: every region).
     vector_min_area: int = 0
     # Douglas-Peucker tolerance in pixels, topology-preserving (0: the exact pixel outlines).
     vector_simplify: float = 0.0
-    # GeoJSON needs nothing more; GeoPackage and FlatGeobuf are written by fiona (segpipe[vectors]).
-    vector_format: str = "geojson"
+    # GeoPackage: the OGC format GIS tools open first, one file with a layer per coordinate system
+    # for the job-wide layer (GeoJSON and FlatGeobuf hold one: a file per system); written by fiona.
+    vector_format: str = "gpkg"
     # The classes that get polygons, by name, comma-separated; "" (default): every class but the
     # background (the land around a building is rarely wanted as a polygon).
     vector_classes: str = ""
@@ -82,6 +87,8 @@ class SegmentConfig:
             problems.append(f"vector_format must be one of {tuple(VECTOR_FORMATS)}, got {self.vector_format!r}")
         if self.vector_min_area < 0 or self.vector_simplify < 0:
             problems.append("vector_min_area and vector_simplify must not be negative")
+        if self.scores not in SCORE_OUTPUTS:
+            problems.append(f"scores must be one of {SCORE_OUTPUTS}, got {self.scores!r}")
         if self.precision not in INFERENCE_PRECISIONS:
             problems.append(f"precision must be one of {INFERENCE_PRECISIONS}, got {self.precision!r}")
         if len(self.class_names) < 1:
@@ -112,18 +119,21 @@ def make_parser() -> argparse.ArgumentParser:
                         help="bfloat16: ~2x faster on CPUs with AVX512-BF16/AMX, a few pixels differ")
     parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
     parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/REL.jpg")
-    parser.add_argument("--vectors", action="store_true", help="also write OUT/vectors/REL.geojson: a polygon "
-                        "per connected region of each class, in the raster's CRS, merged across chunks")
+    parser.add_argument("--vectors", action="store_true", help="also write OUT/segments.gpkg (the job's layer) "
+                        "and OUT/vectors/REL.gpkg: a polygon per connected region of each class, in the raster's "
+                        "CRS, merged across chunks")
     parser.add_argument("--vector_min_area", type=int, default=defaults["vector_min_area"],
                         help="regions under this many pixels are left out of the vectors")
     parser.add_argument("--vector_classes", default="", help="classes to polygonize, by name, comma-separated "
                         "(default: every class but the background)")
     parser.add_argument("--vector_format", choices=tuple(VECTOR_FORMATS), default=defaults["vector_format"],
-                        help="gpkg and fgb need fiona (pip install 'segpipe[vectors]')")
+                        help="the polygon layers' format: GeoPackage (default), GeoJSON or FlatGeobuf")
     parser.add_argument("--vector_simplify", type=float, default=defaults["vector_simplify"],
                         help="simplification tolerance in pixels (topology-preserving); 0: exact outlines")
-    parser.add_argument("--scores", action="store_true", help="also write OUT/scores/REL.png|.tif: the top "
-                        "class's probability x 255 (uint8; a COG for GeoTIFFs, 0 where the input is nodata)")
+    parser.add_argument("--scores", nargs="?", const="top", default=defaults["scores"], choices=SCORE_OUTPUTS[1:],
+                        help="also write OUT/scores/REL.png|.tif: the top class's probability x 255 (uint8; a COG "
+                        "for GeoTIFFs, 0 where the input is nodata); --scores all: also OUT/probabilities/REL.tif, "
+                        "one band per class")
     parser.add_argument("--large_model", action="store_true",
                         help="one model per machine shared by all worker processes (GPU workers)")
     parser.add_argument("--model_copies", type=int, default=defaults["model_copies"],

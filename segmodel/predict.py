@@ -89,10 +89,10 @@ class TiledSegmenter:
     """
 
     def __init__(self, model, num_classes: int, tile: int = 512, overlap: int = 64, batch_size: int = 8,
-                 confidence_map: bool = False):
+                 confidence_map: bool = False, probability_map: bool = False):
         import tensorflow as tf
         self.model, self.num_classes = model, num_classes
-        self.confidence_map = confidence_map
+        self.confidence_map, self.probability_map = confidence_map, probability_map
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self._pool = concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="segment-read")
         self._post = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="segment-post")
@@ -123,7 +123,9 @@ class TiledSegmenter:
         (mask, stats, error)): ``mask`` uint8 [r1 - r0, c1 - c0] class ids (255 where the input
         is not valid), ``stats`` {"pixels", "confidence", "entropy"} over the valid pixels (and,
         with ``confidence_map``, "confidence_map": the top class's probability x 255 as uint8
-        [r1 - r0, c1 - c0], 0 where the input is not valid);
+        [r1 - r0, c1 - c0], 0 where the input is not valid; with ``probability_map``,
+        "probability_map": every class's probability x 255 as uint8 [r1 - r0, c1 - c0, C], 0 where
+        the input is not valid);
         ``error`` the exception that stopped this job (the others go on)."""
         on_done = on_done or (lambda job, mask, stats, error: (mask, stats, error))
         finished = {}  # job index -> future of on_done's result (jobs of other shapes finish out of order)
@@ -156,7 +158,7 @@ class TiledSegmenter:
                 continue
             shape = (geometry.tile_height, geometry.tile_width)
             blenders[index] = _RowBlender(job, geometry, self.num_classes, self.overlap, self._tile_weights(*shape),
-                                          self.confidence_map)
+                                          self.confidence_map, self.probability_map)
             for row, (pixels, valid, read_error) in rows:
                 if read_error is not None:
                     blenders[index].fail(read_error)
@@ -241,10 +243,10 @@ class _RowBlender:
     new tile row can get no more contributions, so they are resolved and kept as uint8."""
 
     def __init__(self, job, geometry: Geometry, num_classes: int, overlap: int, tile_weights: np.ndarray,
-                 confidence_map: bool = False):
+                 confidence_map: bool = False, probability_map: bool = False):
         import tensorflow as tf
         self.job, self.g, self.num_classes = job, geometry, num_classes
-        self.confidence_map = confidence_map
+        self.confidence_map, self.probability_map = confidence_map, probability_map
         g = geometry
         width = g.x1 - g.x0
         offsets = [col - g.x0 for col in g.cols]
@@ -263,7 +265,8 @@ class _RowBlender:
         self._order = list(g.rows)
         self._next = 0  # index into _order of the next tile row to blend
         self._carry = None  # (first row, scores [th, width, C], weights [th, width], valid [th, width] or None)
-        self._masks, self._stats, self._confidences = [], [], []
+        self._masks, self._stats = [], []
+        self._maps = {"confidence_map": [], "probability_map": []}  # the uint8 maps asked for, row blocks
         self.error = None
 
     @property
@@ -322,10 +325,11 @@ class _RowBlender:
         c0, c1 = self.g.c0 - self.g.x0, self.g.c1 - self.g.x0
         part_valid = None if valid is None else valid[a - first:b - first, c0:c1]
         mask, stats = resolve(scores[a - first:b - first, c0:c1], weights[a - first:b - first, c0:c1],
-                              part_valid, self.num_classes, self.confidence_map)
+                              part_valid, self.num_classes, self.confidence_map, self.probability_map)
         self._masks.append(mask)
-        if self.confidence_map:
-            self._confidences.append(stats.pop("confidence_map"))
+        for key, blocks in self._maps.items():
+            if key in stats:
+                blocks.append(stats.pop(key))
         self._stats.append(stats)
 
     def result(self):
@@ -333,7 +337,12 @@ class _RowBlender:
         mask = np.concatenate(self._masks, axis=0) if self._masks else empty
         stats = tiling.sum_stats(self._stats, self.num_classes)
         if self.confidence_map:
-            stats["confidence_map"] = np.concatenate(self._confidences, axis=0) if self._confidences else empty
+            blocks = self._maps["confidence_map"]
+            stats["confidence_map"] = np.concatenate(blocks, axis=0) if blocks else empty
+        if self.probability_map:
+            blocks = self._maps["probability_map"]
+            stats["probability_map"] = np.concatenate(blocks, axis=0) if blocks else \
+                np.zeros((0, self.g.c1 - self.g.c0, self.num_classes), np.uint8)
         return mask, stats
 
 
@@ -371,7 +380,12 @@ def _compiled():
         return (tf.cast(tf.where(valid, classes, IGNORE_INDEX), tf.uint8), pixels[:num_classes],
                 confidence_sums[:num_classes], entropy_sum, confidence_map)
 
-    return weigh, resolve_rows
+    @tf.function(jit_compile=True)
+    def probability_bytes(scores, weights, valid):
+        probabilities = scores / tf.maximum(weights, 1e-12)[..., None]
+        return tf.cast(tf.where(valid[..., None], tf.round(probabilities * 255.0), 0.0), tf.uint8)
+
+    return weigh, resolve_rows, probability_bytes
 
 
 def _weigh(scores, weights):
@@ -386,11 +400,12 @@ def _weigh(scores, weights):
     return _compiled()[0](scores, weights)
 
 
-def resolve(scores, weights, valid, num_classes: int, confidence_map: bool = False):
+def resolve(scores, weights, valid, num_classes: int, confidence_map: bool = False, probability_map: bool = False):
     """Blended scores [h, w, C] and weights [h, w] -> (uint8 mask [h, w], 255 where ``valid``
     [h, w] is False; stats over the valid pixels, with ``confidence_map`` also the top class's
-    probability x 255 as uint8 [h, w]). Every per-class step runs in TensorFlow, so on a GPU
-    only the mask, the sums (and the uint8 confidences when asked) come back."""
+    probability x 255 as uint8 [h, w], with ``probability_map`` every class's as uint8 [h, w, C]).
+    Every per-class step runs in TensorFlow, so on a GPU only the mask, the sums (and the uint8
+    maps when asked) come back."""
     import tensorflow as tf
     h, w = scores.shape[:2]
     ph, pw = _round_up(h, PAD_ROWS), _round_up(w, PAD_COLS)
@@ -405,6 +420,8 @@ def resolve(scores, weights, valid, num_classes: int, confidence_map: bool = Fal
     stats = {"pixels": pixels.numpy(), "confidence": confidence.numpy(), "entropy": float(entropy.numpy())}
     if confidence_map:
         stats["confidence_map"] = top.numpy()[:h, :w]
+    if probability_map:
+        stats["probability_map"] = _compiled()[2](scores, weights, keep).numpy()[:h, :w]
     return mask.numpy()[:h, :w], stats
 
 

@@ -221,7 +221,7 @@ and --vectors:
     for pattern, inputs_count, pixels in ((f"{inputs}/*.png", 3, 3 * 768 * 1024), (f"{inputs}/*.tif", 1, 791 * 718)):
         with counting_shuffles():
             result = segment(model_dir, pattern, tmp_path / f"out{inputs_count}", "--tile_size", "128",
-                             "--tile_overlap", "16", "--chunk_size", "256", "--scores", "--vectors")
+                             "--tile_overlap", "16", "--chunk_size", "256", "--scores", "all", "--vectors")
         sizes = shuffle_bytes(result)
         counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]}
         assert counters["images_segmented"] == inputs_count
@@ -394,7 +394,8 @@ def test_a_remote_raster_is_read_window_by_window(pointwise_model, tmp_path, gcs
 
 def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(pointwise_model, tmp_path, testdata):
     """--scores: OUT/scores/REL.png for a photo, a COG for a GeoTIFF (the input's grid, 0 where it
-    is nodata); a raster cut into a grid of chunks gives the scores of one whole pass."""
+    is nodata); a raster cut into a grid of chunks gives the scores of one whole pass. --scores
+    all: also OUT/probabilities/REL.tif, every class's probability, nodata in the dataset mask."""
     import rasterio
     from rio_cogeo.cogeo import cog_validate
     model_dir, model = pointwise_model
@@ -403,9 +404,10 @@ def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(poi
     image = random_image(inputs / "photo.png", 90, 130, 7)
     shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")
     segment(model_dir, f"{inputs}/*", tmp_path / "chunked", "--tile_size", "256", "--tile_overlap", "32",
-            "--chunk_size", "300", "--scores")
+            "--chunk_size", "300", "--scores", "all")
     segment(model_dir, f"{inputs}/*.tif", tmp_path / "whole", "--tile_size", "256", "--tile_overlap", "32",
             "--chunk_size", "4096", "--scores")
+    assert not (tmp_path / "whole/probabilities").exists()  # --scores alone: the top class only
     # the photo (one tile): the model's own softmax, x 255, rounded
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0]
     scores = np.asarray(Image.open(tmp_path / "chunked/scores/photo.png"))
@@ -423,8 +425,29 @@ def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(poi
         image = src.read().transpose(1, 2, 0)
     assert nodata.any() and np.all(a[nodata] == 0) and np.all(a[~nodata] >= 1)
     assert np.abs(a - b).max() <= 1  # float32 sums in another order, then rounded
-    top = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0].max(-1)
+    softmax = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0]
+    top = softmax.max(-1)
     assert np.abs(a[~nodata] - np.round(top[~nodata] * 255)).max() <= 1  # a pointwise model: blending changes nothing
+    # --scores all: a band per class named by it, the model's softmax x 255, the input's nodata in the mask
+    for name in ("landsat", "photo"):
+        valid, errors, _ = cog_validate(str(tmp_path / f"chunked/probabilities/{name}.tif"))
+        assert valid and not errors, (name, errors)
+    with rasterio.open(tmp_path / "chunked/probabilities/landsat.tif") as src:
+        assert src.count == len(NAMES) and src.descriptions == tuple(NAMES) and src.nodata is None
+        assert src.crs == chunked.crs and src.transform == chunked.transform
+        probabilities, valid = src.read().transpose(1, 2, 0).astype(int), src.dataset_mask() > 0
+    assert np.array_equal(valid, ~nodata)
+    assert np.abs(probabilities[valid] - np.round(softmax[valid] * 255)).max() <= 1
+    assert np.abs(probabilities.max(-1)[valid] - a[valid]).max() <= 1  # the top-class scores: the largest band
+    assert np.all(probabilities[~valid] == 0)
+    photo_softmax = keras.ops.convert_to_numpy(keras.ops.softmax(model(
+        np.asarray(Image.open(inputs / "photo.png"))[None].astype("float32")), axis=-1))[0]
+    with rasterio.open(tmp_path / "chunked/probabilities/photo.tif") as src:
+        assert src.count == len(NAMES) and src.crs is None and src.dataset_mask().min() == 255
+        assert np.abs(src.read().transpose(1, 2, 0).astype(int) - np.round(photo_softmax * 255)).max() <= 1
+    item = json.loads((tmp_path / "chunked/stac/items/landsat.json").read_text())
+    assert (tmp_path / "chunked/stac/items" / item["assets"]["probabilities"]["href"]).resolve() == \
+        (tmp_path / "chunked/probabilities/landsat.tif").resolve()
 
 
 def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classes(pointwise_model, tmp_path, testdata):
@@ -523,9 +546,9 @@ def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tm
                        crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10)) as dst:
         dst.write(scene.transpose(2, 0, 1))
     segment(model_dir, f"{inputs}/*", tmp_path / "chunked", "--tile_size", "256", "--tile_overlap", "32",
-            "--chunk_size", "300", "--vectors")
+            "--chunk_size", "300", "--vectors", "--vector_format", "geojson")
     segment(model_dir, f"{inputs}/*.tif", tmp_path / "whole", "--tile_size", "256", "--tile_overlap", "32",
-            "--chunk_size", "4096", "--vectors")
+            "--chunk_size", "4096", "--vectors", "--vector_format", "geojson")
     assert not [p for p in (tmp_path / "chunked/.parts").rglob("*") if p.is_file()]  # parts cleaned up
     # the photo: one feature per 4-connected region of each class but the background, its pixel count
     mask = np.asarray(Image.open(tmp_path / "chunked/masks/photo.png"))
@@ -576,7 +599,8 @@ def test_vector_minimum_area_and_simplification(tmp_path):
     Image.fromarray(image).save(inputs / "disc.png")
     runs = {}
     for name, extra in (("exact", []), ("clean", ["--vector_min_area", "5", "--vector_simplify", "1.5"])):
-        segment(model_dir, f"{inputs}/*.png", tmp_path / name, "--tile_size", "128", "--vectors", *extra)
+        segment(model_dir, f"{inputs}/*.png", tmp_path / name, "--tile_size", "128", "--vectors",
+                "--vector_format", "geojson", *extra)
         runs[name] = json.loads((tmp_path / name / "vectors/disc.geojson").read_text())["features"]
     assert sorted(f["properties"]["class"] for f in runs["exact"]) == ["road", "water"]
     (disc,) = runs["clean"]  # the speck is under 5 pixels
@@ -605,7 +629,7 @@ def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path
     with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=56, width=63, count=3, dtype="uint8",
                        crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10)) as dst:
         dst.write(image.transpose(2, 0, 1))
-    segment(model_dir, f"{inputs}/*", tmp_path / "json", "--tile_size", "64", "--vectors")
+    segment(model_dir, f"{inputs}/*", tmp_path / "json", "--tile_size", "64", "--vectors", "--vector_format", "geojson")
     shutil.copy(tmp_path / "scene.tif", inputs / "scene.tif")
     segment(model_dir, f"{inputs}/*", tmp_path / fmt, "--tile_size", "64", "--vectors", "--vector_format", fmt)
     item = json.loads((tmp_path / fmt / "stac/items/scene.json").read_text())  # STAC names the file written
@@ -615,7 +639,7 @@ def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path
     assert {f["properties"]["class"] for f in reference} == {"road", "building", "water"}  # not the background
     if fmt == "gpkg":  # --vector_classes keeps the classes it names (the background too, when named)
         segment(model_dir, f"{inputs}/*", tmp_path / "some", "--tile_size", "64", "--vectors",
-                "--vector_classes", "background,water")
+                "--vector_format", "geojson", "--vector_classes", "background,water")
         some = json.loads((tmp_path / "some/vectors/blocks.geojson").read_text())["features"]
         assert {f["properties"]["class"] for f in some} == {"background", "water"}
         assert sorted(f["properties"]["area_pixels"] for f in some if f["properties"]["class"] == "water") == \
@@ -652,7 +676,8 @@ def test_vectors_of_rasters_without_a_crs_say_which_coordinates_they_hold(tmp_pa
             with rasterio.open(inputs / name, "w", driver="GTiff", height=56, width=63, count=3, dtype="uint8",
                                **georeference) as dst:
                 dst.write(scene.transpose(2, 0, 1))
-    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "64", "--vectors")
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "out", "--tile_size", "64", "--vectors", "--vector_format",
+            "geojson")
     assert not (tmp_path / "out/stac").exists()  # no Item without a CRS (none can be placed in WGS84)
     for name, coordinates, pixel_area in (("placed", "transform", 4), ("bare", "pixels", 1)):
         collection = json.loads((tmp_path / f"out/vectors/{name}.geojson").read_text())
@@ -670,3 +695,72 @@ def test_vectors_of_rasters_without_a_crs_say_which_coordinates_they_hold(tmp_pa
                    for a, b in zip(sorted(shape(f["geometry"]).wkt for f in got), expected))
         for feature in got:
             assert feature["properties"]["area"] == pytest.approx(feature["properties"]["area_pixels"] * pixel_area)
+
+
+def test_the_job_layer_holds_every_inputs_polygons_in_a_layer_per_crs(tmp_path, testdata):
+    """--vectors (GeoPackage by default): OUT/segments.gpkg holds the polygons of every input,
+    a layer per coordinate system (the Landsat scene's, a synthetic scene's, the photo's pixels),
+    read back with fiona (GDAL's OGR); per class the polygons' area equals the mask's pixel
+    count x the pixel area; one CRS: one layer, "segments"; a layer that cannot be written is an
+    error record and no file."""
+    import fiona
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import shape
+    from tests.helpers import make_color_model
+    (tmp_path / "model").mkdir()
+    model_dir = make_color_model(tmp_path / "model")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+    blocks = colors[np.random.default_rng(5).integers(0, 4, (12, 13))].repeat(9, 0).repeat(9, 1)  # 108 x 117
+    Image.fromarray(blocks).save(inputs / "photo.png")
+    with rasterio.open(inputs / "scene.tif", "w", driver="GTiff", height=108, width=117, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10)) as dst:
+        dst.write(blocks.transpose(2, 0, 1))
+    shutil.copy(testdata / "geotiff/RGB.byte.tif", inputs / "landsat.tif")  # EPSG:32618, 791 x 718
+    segment(model_dir, f"{inputs}/*", tmp_path / "out", "--tile_size", "256", "--tile_overlap", "32",
+            "--chunk_size", "300", "--vectors")
+    out = tmp_path / "out"
+    assert (out / "errors.jsonl").read_text() == ""
+    layers = sorted(fiona.listlayers(out / "segments.gpkg"))
+    assert layers == ["segments_epsg_32618", "segments_epsg_32633", "segments_no_crs"]
+    for layer_name, rel, epsg in (("segments_epsg_32618", "landsat", 32618), ("segments_epsg_32633", "scene", 32633),
+                                  ("segments_no_crs", "photo", None)):
+        with fiona.open(out / "segments.gpkg", layer=layer_name) as layer:
+            assert (layer.crs.to_epsg() if layer.crs else None) == epsg
+            got = sorted((f["properties"]["class"], f["properties"]["area_pixels"], f["properties"]["source"],
+                          shape(f["geometry"]).wkt) for f in layer)
+        with fiona.open(out / "vectors" / f"{rel}.gpkg") as own:  # the input's own layer, feature for feature
+            assert sorted((f["properties"]["class"], f["properties"]["area_pixels"], f["properties"]["source"],
+                           shape(f["geometry"]).wkt) for f in own) == got
+        assert {source for _, _, source, _ in got} == {str(next(inputs.glob(rel + ".*")))}
+        if rel == "photo":
+            labels, pixel_area = np.asarray(Image.open(out / "masks/photo.png")), 1.0
+        else:
+            with rasterio.open(out / "masks" / f"{rel}.tif") as src:
+                labels, pixel_area = src.read(1), abs(src.transform.a * src.transform.e)
+        for index, name in enumerate(NAMES[1:], start=1):  # exact: no simplification
+            area = sum(shape(f["geometry"]).area for f in fiona.open(out / "segments.gpkg", layer=layer_name)
+                       if f["properties"]["class"] == name)
+            assert area == pytest.approx(np.count_nonzero(labels == index) * pixel_area, rel=1e-9), (rel, name)
+        assert len(got) > 10, rel
+    # one CRS: one layer named segments; GeoJSON on request
+    (inputs / "photo.png").unlink()
+    (inputs / "landsat.tif").unlink()
+    segment(model_dir, f"{inputs}/*", tmp_path / "one", "--tile_size", "64", "--vectors", "--vector_format", "geojson")
+    assert fiona.listlayers(tmp_path / "one/segments.geojson") == ["segments"]
+    with fiona.open(tmp_path / "one/segments.geojson") as layer:
+        assert layer.crs.to_epsg() == 32633 and len(layer) == len(json.loads(
+            (tmp_path / "one/vectors/scene.geojson").read_text())["features"])
+    # the job's layer cannot be written (an input's polygons cannot be read): an error record, no file
+    from pipelines.segment import outputs
+    broken = tmp_path / "broken"
+    (broken / "vectors").mkdir(parents=True)
+    shutil.copy(tmp_path / "one/vectors/scene.geojson", broken / "vectors/a.geojson")
+    (broken / "vectors/b.geojson").write_text('{"type": "FeatureCollection", "features": [')  # cut short
+    (broken / "records.jsonl").write_text('{"file_name": "a.tif"}\n{"file_name": "b.tif"}\n')
+    spec = outputs.OutputSpec(str(broken), tuple(NAMES), vectors=True, vector_format="geojson")
+    (error,) = outputs.write_job_layers(None, [str(broken / "records.jsonl")], spec)
+    assert error["reason"] == "vectors_failed" and error["source"] == f"{broken}/segments.geojson"
+    assert sorted(p.name for p in broken.rglob("*")) == ["a.geojson", "b.geojson", "records.jsonl", "vectors"]

@@ -135,15 +135,17 @@ def mask_profile(info: ImageInfo) -> dict:
 
 
 def write_plain_tiff(local: str, mask: np.ndarray) -> None:
-    """A uint8 mask as a tiled, deflated GeoTIFF without georeferencing (a chunk's part file)."""
+    """A uint8 mask [h, w] (or bands [h, w, C]) as a tiled, deflated GeoTIFF without
+    georeferencing (a chunk's part file)."""
     import rasterio
     import warnings
     from rasterio.errors import NotGeoreferencedWarning
+    bands = mask[None] if mask.ndim == 2 else mask.transpose(2, 0, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=1,
+        with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=len(bands),
                            dtype="uint8", tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, compress="deflate") as dst:
-            dst.write(mask[None])
+            dst.write(bands)
 
 
 def open_part(path: str):
@@ -174,6 +176,39 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict | Non
     # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
     # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
     rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK)
+    from pipelines.common.storage import upload_atomic
+    upload_atomic(cog, path, "image/tiff")
+    return cog
+
+
+def write_geotiff_bands(path: str, info: ImageInfo, windows, band_names) -> str:
+    """Writes windows [(row, col, uint8 [h, w, C], valid [h, w] bool)] into a C-band tiled
+    GeoTIFF with the input's CRS and transform (none for a photo), each band described by its name
+    in ``band_names`` and the invalid pixels in an internal mask (GDAL's per-dataset mask: every
+    value 0-255 of a band is data, so no nodata value can say it), converts it to a
+    Cloud-Optimized GeoTIFF and moves it to ``path`` atomically. Returns the local COG's path (the
+    caller deletes its folder)."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.shutil import copy as rio_copy
+    from rasterio.windows import Window
+    limit_gdal_cache()
+    workdir = tempfile.mkdtemp(prefix="segpipe-bands-")
+    plain = os.path.join(workdir, "plain.tif")
+    profile = dict(mask_profile(info), count=len(band_names), nodata=None, interleave="pixel")
+    with warnings.catch_warnings(), rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a photo's has no georeferencing
+        with rasterio.open(plain, "w", **profile) as dst:
+            for k, name in enumerate(band_names, start=1):
+                dst.set_band_description(k, name)
+            for row, col, data, valid in windows:
+                window = Window(col, row, data.shape[1], data.shape[0])
+                dst.write(data.transpose(2, 0, 1), window=window)
+                dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+        cog = os.path.join(workdir, "cog.tif")
+        rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK)
     from pipelines.common.storage import upload_atomic
     upload_atomic(cog, path, "image/tiff")
     return cog

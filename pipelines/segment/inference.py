@@ -48,7 +48,8 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
                  batch_size: int, batch_tiles: int, precision: str = "float32", large_model: bool = False,
                  model_copies: int = 1):
         super().__init__()
-        self._confidence_map = writer.spec.scores or writer.spec.vectors
+        self._confidence_map = bool(writer.spec.scores) or writer.spec.vectors
+        self._probability_map = writer.spec.scores == "all"
         self._model, self._writer = model, writer
         self._num_classes, self._tile, self._overlap = num_classes, tile_size, tile_overlap
         self._batch_size, self._batch_tiles, self._precision = batch_size, batch_tiles, precision
@@ -64,7 +65,7 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
         LOG.info("loading %s (%s)", self._model, self._precision)
         model = with_precision(load_exported(self._model, FileSystems.open), self._precision)
         return TiledSegmenter(model, self._num_classes, self._tile, self._overlap, self._batch_size,
-                              confidence_map=self._confidence_map)
+                              confidence_map=self._confidence_map, probability_map=self._probability_map)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:

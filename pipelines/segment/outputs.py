@@ -47,7 +47,7 @@ class OutputSpec:
     output_dir: str
     class_names: tuple
     overlays: bool = False
-    scores: bool = False
+    scores: str = ""  # "", "top" or "all" (SegmentConfig.scores)
     vectors: bool = False
     vector_min_area: int = 0
     vector_simplify: float = 0.0
@@ -66,6 +66,12 @@ def mask_path(spec: OutputSpec, rel: str, kind: str) -> str:
 
 def scores_path(spec: OutputSpec, rel: str, kind: str) -> str:
     return f"{spec.output_dir}/scores/{rel}{'.tif' if kind == 'geotiff' else '.png'}"
+
+
+def probabilities_path(spec: OutputSpec, rel: str) -> str:
+    """--scores all: every class's probability, one band per class (a TIFF for photos too: a PNG
+    holds at most four bands)."""
+    return f"{spec.output_dir}/probabilities/{rel}.tif"
 
 
 def vectors_path(spec: OutputSpec, rel: str) -> str:
@@ -115,22 +121,25 @@ class ChunkWriter:
             return {"error": failure_record(chunk.source, error)}
         stats = dict(stats)
         confidence = stats.pop("confidence_map", None)  # pixels: written here, never in an outcome
+        probabilities = stats.pop("probability_map", None)
         try:
             if not chunk.whole:
-                return {"part": self._write_part(chunk, mask, stats, confidence)}
+                return {"part": self._write_part(chunk, mask, stats, confidence, probabilities)}
             if chunk.kind == "image":
-                return {"record": self._write_photo(job, chunk, mask, stats, confidence)}
-            return {"record": self._write_raster(chunk, mask, stats, confidence)}
+                return {"record": self._write_photo(job, chunk, mask, stats, confidence, probabilities)}
+            return {"record": self._write_raster(chunk, mask, stats, confidence, probabilities)}
         except Exception as e:  # one input's failure is its error record, never the job's end
             return {"error": write_failure(chunk.source, e)}
 
-    def _write_photo(self, job, chunk: Chunk, mask, stats, confidence=None) -> dict:
+    def _write_photo(self, job, chunk: Chunk, mask, stats, confidence=None, probabilities=None) -> dict:
         height, width = mask.shape
         path = mask_path(self.spec, chunk.rel, "image")
         rasters.write_png(path, mask)
+        info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
         if self.spec.scores:
             rasters.write_png(scores_path(self.spec, chunk.rel, "image"), confidence)
-        info = rasters.ImageInfo(chunk.source, chunk.rel, "image", height, width)
+        if self.spec.scores == "all":
+            self._write_probabilities(info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
         if self.spec.vectors:
             self._write_whole_vectors(info, mask, confidence)
         if self.spec.overlays and job.image is not None:
@@ -140,7 +149,12 @@ class ChunkWriter:
             write_atomic(f"{self.spec.output_dir}/overlays/{chunk.rel}.jpg", buffer.getvalue(), "image/jpeg")
         return self._finish_from_memory(info, path, mask, stats)
 
-    def _write_raster(self, chunk: Chunk, mask, stats, confidence=None) -> dict:
+    def _write_probabilities(self, info, windows) -> None:
+        local = rasters.write_geotiff_bands(probabilities_path(self.spec, info.rel), info, windows,
+                                            self.spec.class_names)
+        shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+
+    def _write_raster(self, chunk: Chunk, mask, stats, confidence=None, probabilities=None) -> dict:
         path = mask_path(self.spec, chunk.rel, "geotiff")
         local = rasters.write_geotiff_mask(path, chunk.info, [(0, 0, mask)],
                                            palette.geotiff_colormap(len(self.spec.class_names)))
@@ -149,6 +163,8 @@ class ChunkWriter:
             local = rasters.write_geotiff_mask(scores_path(self.spec, chunk.rel, "geotiff"), chunk.info,
                                                [(0, 0, confidence)], None, SCORES_NODATA)
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        if self.spec.scores == "all":
+            self._write_probabilities(chunk.info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
         if self.spec.vectors:
             self._write_whole_vectors(chunk.info, mask, confidence)
         return self._finish_from_memory(chunk.info, path, mask, stats)
@@ -173,13 +189,16 @@ class ChunkWriter:
         runs = class_runs(lambda c0, c1: mask[:, c0:c1], info.height, info.width, present_classes(stats, self.spec.class_names))
         return finish_input(self.spec, info, path, stats, runs)
 
-    def _write_part(self, chunk: Chunk, mask, stats, confidence=None) -> dict:
+    def _write_part(self, chunk: Chunk, mask, stats, confidence=None, probabilities=None) -> dict:
         path = part_path(self.spec, chunk)
         part = {"path": path, "core": chunk.core, "stats": {k: np.asarray(v).tolist() for k, v in stats.items()}}
         files = [(path, mask)]
         if self.spec.scores:
             part["scores_path"] = part_path(self.spec, chunk, "scores")
             files.append((part["scores_path"], confidence))
+        if self.spec.scores == "all":
+            part["probabilities_path"] = part_path(self.spec, chunk, "probabilities")
+            files.append((part["probabilities_path"], probabilities))
         if self.spec.vectors:
             from pipelines.segment import vectors
             part["vectors_path"] = part_path(self.spec, chunk, "vectors")[:-len(".tif")] + ".json"
@@ -254,27 +273,39 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
                                                _merged_bands(info, parts, "scores_path", SCORES_NODATA), None,
                                                SCORES_NODATA)
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+        if spec.scores == "all":
+            windows = ((top, col, probabilities, mask != IGNORE_INDEX) for (top, col, mask), (_, _, probabilities)
+                       in zip(_merged_bands(info, parts), _merged_bands(info, parts, "probabilities_path", 0,
+                                                                        len(spec.class_names))))
+            local = rasters.write_geotiff_bands(probabilities_path(spec, rel), info, windows, spec.class_names)
+            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         return {"record": finish_input(spec, info, path, totals, runs)}
     except Exception as e:
         return {"error": write_failure(first.source, e)}
     finally:
         if parts:
-            FileSystems.delete([p[key] for p in parts for key in ("path", "scores_path", "vectors_path") if key in p])
+            FileSystems.delete([p[key] for p in parts for key in PART_FILES if key in p])
 
 
-def _merged_bands(info, parts, key: str = "path", fill: int = IGNORE_INDEX):
+# The files a chunk's part may have (ChunkWriter._write_part), all deleted after the merge.
+PART_FILES = ("path", "scores_path", "probabilities_path", "vectors_path")
+
+
+def _merged_bands(info, parts, key: str = "path", fill: int = IGNORE_INDEX, count: int = 0):
     """(row, 0, uint8 [rows, width]) bands of MERGE_ROWS rows, each assembled from the parts
-    (their ``key`` files) it crosses."""
+    (their ``key`` files) it crosses; with ``count``, [rows, width, count] of a multi-band part."""
     from rasterio.windows import Window
     opened = [(p["core"], rasters.open_part(p[key])) for p in parts]
     try:
         for top in range(0, info.height, MERGE_ROWS):
             bottom = min(info.height, top + MERGE_ROWS)
-            band = np.full((bottom - top, info.width), fill, np.uint8)
+            band = np.full((bottom - top, info.width) + ((count,) if count else ()), fill, np.uint8)
             for (r0, r1, c0, c1), src in opened:
                 a, b = max(top, r0), min(bottom, r1)
                 if a < b:
-                    band[a - top:b - top, c0:c1] = src.read(1, window=Window(0, a - r0, c1 - c0, b - a))
+                    window = Window(0, a - r0, c1 - c0, b - a)
+                    band[a - top:b - top, c0:c1] = src.read(window=window).transpose(1, 2, 0) if count else \
+                        src.read(1, window=window)
             yield top, 0, band
     finally:
         for _, src in opened:
@@ -328,20 +359,38 @@ def make_record(info, path, names, totals, runs) -> dict:
     }
 
 
+def read_records(record_files):
+    """The per-input records from the job's record files (WriteToText's file names), one at a time."""
+    for name in sorted(f for batch in record_files for f in ([batch] if isinstance(batch, str) else batch)):
+        with FileSystems.open(name) as handle:
+            for line in handle.read().decode().splitlines():
+                if line.strip():
+                    yield json.loads(line)
+
+
+def write_job_layers(_, record_files, spec: OutputSpec):
+    """--vectors: the job-wide polygon layer OUT/segments.EXT from every segmented input's
+    polygons, in file-name order (pipelines.segment.vectors.job_layers); yields an error record
+    (and writes no file) when it cannot be written."""
+    from pipelines.segment import vectors
+    rels = sorted({posixpath.splitext(r["file_name"])[0] for r in read_records(record_files)})
+    try:
+        vectors.job_layers([vectors_path(spec, rel) for rel in rels], spec.output_dir, spec.vector_format)
+    except Exception as e:
+        from segcli.segment import VECTOR_FORMATS
+        yield error_record(f"{spec.output_dir}/{vectors.LAYER}{VECTOR_FORMATS[spec.vector_format][0]}",
+                           "vectors_failed", f"{type(e).__name__}: {e}"[:500])
+
+
 def assemble_outputs(_, record_files, output_dir: str, class_names, model_version: str = "",
                      spec: OutputSpec | None = None) -> None:
     """Streams the per-input records into summary.jsonl (most uncertain first) and
     labels_coco.json (image ids 1..N in file-name order), never holding all annotations; and,
     when GeoTIFFs were segmented, their STAC Items and Collection (pipelines.segment.stac), listing
     the outputs ``spec`` says were written."""
-    files = sorted(f for batch in record_files for f in ([batch] if isinstance(batch, str) else batch))
 
     def records():
-        for name in files:
-            with FileSystems.open(name) as handle:
-                for line in handle.read().decode().splitlines():
-                    if line.strip():
-                        yield json.loads(line)
+        return read_records(record_files)
 
     index = sorted((r["file_name"], r["review_priority"], json.dumps({k: r[k] for k in SUMMARY_KEYS}),
                     r["height"], r["width"]) for r in records())

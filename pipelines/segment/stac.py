@@ -6,6 +6,7 @@ An Item: its datetime (the source's TIFFTAG_DATETIME, else the source file's mod
 extension (the CRS's EPSG code, or its WKT2, the transform and shape), the classification extension
 on the mask asset naming every class value (and 255: nodata), and assets with roles and media
 types: the mask COG (``data``), the scores COG with ``--scores`` (``data``, ``confidence``), the
+class probabilities COG with ``--scores all`` (``data``, ``probabilities``), the
 input's record (``metadata``). Asset hrefs are relative to the Item, so the folder can be moved or
 copied to a bucket whole. Photos and GeoTIFFs without a CRS get no Item (a STAC Item's geometry
 is in WGS84, which a raster without a CRS cannot be placed in; their masks are listed in
@@ -23,7 +24,7 @@ COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 
 def raster_item(record: dict, scores: str | None, item_href: str, class_names, model_version: str,
-                vectors: str | None = None):
+                vectors: str | None = None, probabilities: str | None = None):
     """The STAC Item of one segmented GeoTIFF's record (its mask header read for the grid); None
     for a raster without a CRS."""
     import pystac
@@ -58,6 +59,11 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
     if scores:
         item.add_asset("scores", pystac.Asset(relative(scores, folder), title="top-class probability x 255",
                                               media_type=COG, roles=["data", "confidence"]))
+    if probabilities:  # band k + 1 is class k (the bands carry the class names too)
+        item.add_asset("probabilities", pystac.Asset(
+            relative(probabilities, folder), title="class probabilities x 255, one band per class",
+            description="bands in the class table's order: " + ", ".join(class_names), media_type=COG,
+            roles=["data", "probabilities"]))
     if vectors:
         media = {".geojson": pystac.MediaType.GEOJSON, ".gpkg": "application/geopackage+sqlite3",
                  ".fgb": "application/vnd.flatgeobuf"}[posixpath.splitext(vectors)[1]]
@@ -73,7 +79,7 @@ def raster_item(record: dict, scores: str | None, item_href: str, class_names, m
 def write_catalog(records, spec, model_version: str) -> int:
     """OUT/stac/collection.json and an Item per GeoTIFF record of a batch segmentation written as
     ``spec`` (an OutputSpec: which outputs exist) says, atomically; returns the Items' count."""
-    from pipelines.segment.outputs import scores_path, vectors_path
+    from pipelines.segment.outputs import probabilities_path, scores_path, vectors_path
     root = f"{spec.output_dir}/stac"
     items = []
     for record in records:
@@ -82,7 +88,8 @@ def write_catalog(records, spec, model_version: str) -> int:
         rel = posixpath.splitext(record["file_name"])[0]
         href = f"{root}/items/{rel}.json"
         item = raster_item(record, scores_path(spec, rel, "geotiff") if spec.scores else None, href,
-                           spec.class_names, model_version, vectors_path(spec, rel) if spec.vectors else None)
+                           spec.class_names, model_version, vectors_path(spec, rel) if spec.vectors else None,
+                           probabilities_path(spec, rel) if spec.scores == "all" else None)
         if item is not None:
             items.append((href, item))
     items.sort(key=lambda pair: pair[0])  # the same order on every run

@@ -12,6 +12,7 @@ pixel units until the end, so the union is exact (pixel edges meet exactly). Onl
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -125,18 +126,91 @@ def feature_collection(regions: list, class_names, transform=None, crs: str = ""
     return collection
 
 
-def write_layer(local: str, driver: str, collection: dict, crs: str | None) -> None:
-    """A feature collection as an OGR layer file (GeoPackage, FlatGeobuf) through fiona."""
+# A polygon layer's fields (per raster and job-wide): a region is one Polygon, holes kept (the
+# union of a region's pieces is split into its polygons, simplification preserves topology).
+LAYER_SCHEMA = {"geometry": "Polygon", "properties": {
+    "class": "str", "class_index": "int", "area_pixels": "int", "area": "float", "mean_confidence": "float",
+    "source": "str"}}
+LAYER = "segments"  # the layer's name (GeoPackage, FlatGeobuf) and the job-wide file's stem
+
+
+def _fiona():
     try:
         import fiona
     except ImportError:
-        raise RuntimeError("--vector_format gpkg and fgb need fiona: pip install 'segpipe[vectors]'") from None
-    schema = {"geometry": "Polygon", "properties": {"class": "str", "class_index": "int", "area_pixels": "int",
-                                                    "area": "float", "mean_confidence": "float", "source": "str"}}
+        raise RuntimeError("segpipe segment --vectors needs fiona (installed with segpipe): pip install fiona") from None
+    return fiona
+
+
+def _open_layer(local: str, driver: str, crs, layer: str):
     # SQLite builds without the rtree module exist (fiona's wheels beside rasterio's): no spatial index
     options = {"SPATIAL_INDEX": "NO"} if driver == "GPKG" else {}
-    with fiona.open(local, "w", driver=driver, schema=schema, crs=crs, layer="segments", **options) as layer:
+    return _fiona().open(local, "w", driver=driver, schema=LAYER_SCHEMA, crs=crs, layer=layer, **options)
+
+
+def write_layer(local: str, driver: str, collection: dict, crs: str | None) -> None:
+    """A feature collection as an OGR layer file (GeoPackage, FlatGeobuf) through fiona."""
+    with _open_layer(local, driver, crs, LAYER) as layer:
         layer.writerecords({"geometry": f["geometry"], "properties": f["properties"]} for f in collection["features"])
+
+
+def crs_key(crs, known: dict) -> str:
+    """A layer-name suffix for a CRS: epsg_32633, crs_1.. for a CRS without an EPSG code (by first
+    appearance), no_crs for photos and rasters without a CRS (pixel or transform coordinates)."""
+    if not crs:
+        return "no_crs"
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        return f"epsg_{epsg}"
+    return known.setdefault(crs.to_wkt(), f"crs_{len(known) + 1}")
+
+
+def job_layers(paths: list, output_dir: str, vector_format: str) -> list:
+    """The job-wide polygon layer from the per-input files ``paths`` (in the order given), read
+    and written one input at a time with fiona (memory: one input's polygons): every feature in
+    one layer ``segments``, or, when the inputs lie in several coordinate systems (one layer holds
+    one CRS), a layer per system, ``segments_epsg_32633``, ``segments_no_crs``...: in one
+    GeoPackage, as files ``segments_KEY.EXT`` for the single-layer formats. Each file is written
+    locally and moved into place atomically; returns the paths written."""
+    import shutil
+    import tempfile
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.common.storage import upload_atomic
+    from segcli.segment import VECTOR_FORMATS
+    fiona = _fiona()
+    suffix, driver = VECTOR_FORMATS[vector_format]
+    workdir = tempfile.mkdtemp(prefix="segpipe-layers-")
+    try:
+        local_inputs, known = [], {}
+        for k, path in enumerate(paths):  # a local copy each (fiona reads no gs://), and its CRS
+            local = os.path.join(workdir, f"input-{k}{suffix}")
+            with FileSystems.open(path) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+            with fiona.open(local) as layer:
+                local_inputs.append((local, layer.crs, crs_key(layer.crs, known)))
+        keys = sorted({key for *_, key in local_inputs}) or ["no_crs"]
+        names = {key: LAYER if len(keys) == 1 else f"{LAYER}_{key}" for key in keys}
+        crs_of = {key: crs for _, crs, key in local_inputs}
+        written = {}  # layer -> local file
+        for key in keys:
+            target = os.path.join(workdir, (LAYER if driver == "GPKG" else names[key]) + suffix)
+            with _open_layer(target, driver, crs_of.get(key) or None, names[key]) as out:
+                for local, _, input_key in local_inputs:
+                    if input_key == key:
+                        with fiona.open(local) as layer:
+                            out.writerecords({"geometry": f["geometry"], "properties": dict(f["properties"])}
+                                             for f in layer)
+            written[names[key]] = target
+        results = []
+        for target in sorted(set(written.values())):
+            path = f"{output_dir}/{os.path.basename(target)}"
+            upload_atomic(target, path, "application/octet-stream")
+            results.append(path)
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_pieces(path: str, pieces: list) -> None:
