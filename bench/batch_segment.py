@@ -229,28 +229,6 @@ def peak_rss(work: str) -> dict:
     return results
 
 
-def structured_model(model_dir: str) -> str:
-    """The tiny FCN-8s's cost with regions that follow the scene: an untrained FCN predicts one
-    class almost everywhere (one polygon: nothing to measure), so its scores are added at 1e-3 to a
-    colour rule's (road where red dominates, building green, water blue, background where none
-    passes 128), which decides the classes; the FCN still runs in full."""
-    import keras
-    import numpy as np
-    from segmodel.fcn import build_fcn, export_model
-    os.makedirs(model_dir, exist_ok=True)
-    images = keras.Input((None, None, 3))
-    rule = keras.layers.Conv2D(4, 1, kernel_initializer=keras.initializers.Constant(
-        np.array([[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)[None, None]),
-        bias_initializer=keras.initializers.Constant([128.0, 0, 0, 0]))(images)
-    fcn = build_fcn("fcn8s", 4, width=0.125, fc_units=128)(images)
-    export_model(keras.Model(images, keras.layers.Add()([rule, keras.layers.Rescaling(1e-3)(fcn)])),
-                 f"{model_dir}/model.keras")
-    with open(f"{model_dir}/classes.json", "w") as handle:
-        json.dump({"ignore_index": 255, "classes": [{"index": i, "name": n} for i, n in
-                                                    enumerate(("background", "road", "building", "water"))]}, handle)
-    return model_dir
-
-
 def gis_cost(work: str, rounds: int) -> dict:
     """What the GIS outputs cost: ``--vectors --scores`` against masks alone on the 16384^2
     GeoTIFF (tiny model, default chunks), in alternating runs (masks, GIS, masks, GIS, ...: the
@@ -260,7 +238,7 @@ def gis_cost(work: str, rounds: int) -> dict:
     import statistics
 
     from pipelines.demo_world.scenes import write_geotiff_mosaic
-    tiny = structured_model(os.path.join(work, "model_tiny_structured"))
+    tiny = make_model(os.path.join(work, "model_tiny"), 0.125, 128)
     code = ("import resource, sys; from pipelines import batch_segment; "
             "from tests.shuffle_bytes import counting_shuffles, shuffle_bytes\n"
             "with counting_shuffles():\n    result = batch_segment.run(sys.argv[1:])\n"
