@@ -521,6 +521,24 @@ def components4(region: np.ndarray) -> list:
     return sorted(sizes)
 
 
+# make_color_model's colours: background (none above 128), road (red), building (green), water (blue)
+BLOCK_COLORS = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+
+
+def color_blocks(seed: int, rows: int, cols: int, size: int) -> np.ndarray:
+    """A rows x cols grid of size-pixel blocks of random BLOCK_COLORS."""
+    return BLOCK_COLORS[np.random.default_rng(seed).integers(0, 4, (rows, cols))].repeat(size, 0).repeat(size, 1)
+
+
+def color_model_and_inputs(tmp_path):
+    """The colour model (tests.helpers.make_color_model) in tmp_path/model and an empty input folder."""
+    from tests.helpers import make_color_model
+    (tmp_path / "model").mkdir()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    return make_color_model(tmp_path / "model"), inputs
+
+
 def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tmp_path):
     """--vectors: a photo's regions in pixel coordinates; a GeoTIFF cut into a 3 x 3 grid of
     chunks gives the polygons of one whole pass (regions cut by chunk borders merged), in its CRS,
@@ -530,15 +548,10 @@ def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tm
     import shapely
     from rasterio.transform import from_origin
     from shapely.geometry import shape
-    from tests.helpers import make_color_model
-    (tmp_path / "model").mkdir()
-    model_dir = make_color_model(tmp_path / "model")  # road where red dominates, building green, water blue
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
+    model_dir, inputs = color_model_and_inputs(tmp_path)
 
     def blocks(h, w, seed, size):
-        coarse = colors[np.random.default_rng(seed).integers(0, 4, (h // size + 1, w // size + 1))]
+        coarse = BLOCK_COLORS[np.random.default_rng(seed).integers(0, 4, (h // size + 1, w // size + 1))]
         return coarse.repeat(size, 0).repeat(size, 1)[:h, :w]
     Image.fromarray(blocks(60, 90, 11, 6)).save(inputs / "photo.png")
     scene = blocks(640, 700, 12, 23)  # blocks that straddle the chunk borders at 300 and 600
@@ -587,11 +600,7 @@ def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tm
 def test_vector_minimum_area_and_simplification(tmp_path):
     from shapely.geometry import shape
 
-    from tests.helpers import make_color_model
-    (tmp_path / "model").mkdir()
-    model_dir = make_color_model(tmp_path / "model")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
+    model_dir, inputs = color_model_and_inputs(tmp_path)
     image = np.full((80, 80, 3), 40, np.uint8)
     yy, xx = np.mgrid[0:80, 0:80]
     image[(yy - 40) ** 2 + (xx - 40) ** 2 < 30 ** 2] = (220, 30, 30)  # a disc of road: a staircase outline
@@ -616,13 +625,8 @@ def test_vectors_as_geopackage_and_flatgeobuf_hold_the_geojson_features(tmp_path
     import fiona
     from shapely.geometry import shape
 
-    from tests.helpers import make_color_model
-    (tmp_path / "model").mkdir()
-    model_dir = make_color_model(tmp_path / "model")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
-    image = colors[np.random.default_rng(4).integers(0, 4, (8, 9))].repeat(7, 0).repeat(7, 1)
+    model_dir, inputs = color_model_and_inputs(tmp_path)
+    image = color_blocks(4, 8, 9, 7)
     Image.fromarray(image).save(inputs / "blocks.png")
     import rasterio
     from rasterio.transform import from_origin
@@ -662,13 +666,8 @@ def test_vectors_of_rasters_without_a_crs_say_which_coordinates_they_hold(tmp_pa
     import shapely
     from rasterio.transform import from_origin
     from shapely.geometry import shape
-    from tests.helpers import make_color_model
-    (tmp_path / "model").mkdir()
-    model_dir = make_color_model(tmp_path / "model")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
-    scene = colors[np.random.default_rng(4).integers(0, 4, (8, 9))].repeat(7, 0).repeat(7, 1)  # 56 x 63
+    model_dir, inputs = color_model_and_inputs(tmp_path)
+    scene = color_blocks(4, 8, 9, 7)  # 56 x 63
     transform = from_origin(1000, 2000, 2, 2)
     for name, georeference in (("placed.tif", {"transform": transform}), ("bare.tif", {})):
         with warnings.catch_warnings():
@@ -707,13 +706,8 @@ def test_the_job_layer_holds_every_inputs_polygons_in_a_layer_per_crs(tmp_path, 
     import rasterio
     from rasterio.transform import from_origin
     from shapely.geometry import shape
-    from tests.helpers import make_color_model
-    (tmp_path / "model").mkdir()
-    model_dir = make_color_model(tmp_path / "model")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    colors = np.array([[40, 40, 40], [220, 30, 30], [30, 220, 30], [30, 30, 220]], np.uint8)
-    blocks = colors[np.random.default_rng(5).integers(0, 4, (12, 13))].repeat(9, 0).repeat(9, 1)  # 108 x 117
+    model_dir, inputs = color_model_and_inputs(tmp_path)
+    blocks = color_blocks(5, 12, 13, 9)  # 108 x 117
     Image.fromarray(blocks).save(inputs / "photo.png")
     with rasterio.open(inputs / "scene.tif", "w", driver="GTiff", height=108, width=117, count=3, dtype="uint8",
                        crs="EPSG:32633", transform=from_origin(500000, 4100000, 10, 10)) as dst:
