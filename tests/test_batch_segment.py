@@ -595,6 +595,14 @@ def test_vectors_one_polygon_per_region_merged_across_chunks_and_read_by_gdal(tm
     for index, name in enumerate(NAMES[1:], start=1):
         got = sorted(f["properties"]["area_pixels"] for f in features if f["properties"]["class"] == name)
         assert got == components4(labels == index) and len(got) >= 20, name
+    # --vector_min_area on the chunked raster: the regions of the flood fill of at least that many
+    # pixels, those whose pieces in each chunk are smaller included (a chunk drops only whole regions)
+    segment(model_dir, f"{inputs}/*.tif", tmp_path / "min_area", "--tile_size", "256", "--tile_overlap", "32",
+            "--chunk_size", "300", "--vectors", "--vector_format", "geojson", "--vector_min_area", "600")
+    kept = json.loads((tmp_path / "min_area/vectors/scene.geojson").read_text())["features"]
+    for index, name in enumerate(NAMES[1:], start=1):
+        got = sorted(f["properties"]["area_pixels"] for f in kept if f["properties"]["class"] == name)
+        assert got == [n for n in components4(labels == index) if n >= 600] and got, name
 
 
 def test_vector_minimum_area_and_simplification(tmp_path):

@@ -181,7 +181,7 @@ class ChunkWriter:
     def _write_whole_vectors(self, info, mask, confidence) -> None:
         from pipelines.segment import vectors
         pieces = vectors.chunk_pieces(mask, confidence, (0, info.height, 0, info.width), info.height, info.width,
-                                      self._skip())
+                                      self._skip(), self.spec.vector_min_area)
         write_vectors(self.spec, info.rel, pieces, info)
 
     def _finish_from_memory(self, info, path: str, mask, stats) -> dict:
@@ -203,7 +203,8 @@ class ChunkWriter:
             from pipelines.segment import vectors
             part["vectors_path"] = part_path(self.spec, chunk, "vectors")[:-len(".tif")] + ".json"
             vectors.write_pieces(part["vectors_path"], vectors.chunk_pieces(
-                mask, confidence, chunk.core, chunk.info.height, chunk.info.width, self._skip()))
+                mask, confidence, chunk.core, chunk.info.height, chunk.info.width, self._skip(),
+                self.spec.vector_min_area))
         workdir = tempfile.mkdtemp(prefix="segpipe-part-")
         try:
             for target, data in files:

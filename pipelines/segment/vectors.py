@@ -25,15 +25,16 @@ def connected_regions(mask: np.ndarray, skip=(), connectivity: int = 4, offset=(
     image, the classes in ``skip`` and 255 left out."""
     import rasterio.features
     from rasterio.transform import Affine
+    # the classes left out and 255 masked out: polygonize traces nothing there (the regions of the
+    # classes kept are the same: a region is one class's pixels, connected among themselves)
+    keep = np.isin(mask, np.asarray(tuple(skip) + (IGNORE_INDEX,), dtype=mask.dtype), invert=True)
     regions = []
-    for geometry, value in rasterio.features.shapes(mask, connectivity=connectivity,
+    for geometry, value in rasterio.features.shapes(mask, mask=keep, connectivity=connectivity,
                                                     transform=Affine.translation(*offset)):
-        index = int(value)
-        if index in skip or index == IGNORE_INDEX:
-            continue
-        xs = [x for ring in geometry["coordinates"] for x, _ in ring]
-        ys = [y for ring in geometry["coordinates"] for _, y in ring]
-        regions.append((index, geometry, (int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys)))))
+        outer = geometry["coordinates"][0]  # the exterior ring holds the holes
+        xs = [x for x, _ in outer]
+        ys = [y for _, y in outer]
+        regions.append((int(value), geometry, (int(min(xs)), int(min(ys)), int(max(xs)), int(max(ys)))))
     return regions
 
 
@@ -47,19 +48,37 @@ def region_pixels(geometry: dict, box: tuple) -> np.ndarray:
                                        transform=Affine.translation(x0, y0), dtype=np.uint8).astype(bool)
 
 
-def chunk_pieces(mask: np.ndarray, confidence: np.ndarray, core: tuple, height: int, width: int, skip=()) -> list:
+def chunk_pieces(mask: np.ndarray, confidence: np.ndarray, core: tuple, height: int, width: int, skip=(),
+                 min_area: int = 0) -> list:
     """The regions of one chunk's mask (rows r0..r1, columns c0..c1 of a height x width raster):
-    [{"class", "geometry" (GeoJSON in the raster's pixel coordinates), "pixels", "confidence_sum",
-    "border" (it touches a border shared with another chunk)}]."""
+    [{"class", "geometry" (GeoJSON in the raster's pixel coordinates), "box" (x0, y0, x1, y1),
+    "pixels", "confidence_sum", "border" (it touches a border shared with another chunk)}].
+    A region inside the chunk (no border) is whole, so one under ``min_area`` pixels is left out
+    here; a border piece is kept whatever its size (its region's size is known after the merge).
+
+    The pixels and confidence of every region come from one label image (each region's outline
+    burnt with its own number: pixel centres inside an outline are exactly the pixels polygonize
+    traced), not a pass per region."""
+    import rasterio.features
+    from rasterio.transform import Affine
     r0, r1, c0, c1 = core
+    regions = connected_regions(mask, skip, connectivity=4, offset=(c0, r0))
+    if not regions:
+        return []
+    labels = rasterio.features.rasterize(((geometry, k + 1) for k, (_, geometry, _) in enumerate(regions)),
+                                         out_shape=mask.shape, transform=Affine.translation(c0, r0), fill=0,
+                                         dtype=np.int32)
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=len(regions) + 1)
+    confidence_sums = np.bincount(flat, weights=confidence.ravel(), minlength=len(regions) + 1) / 255.0
     pieces = []
-    for index, geometry, (x0, y0, x1, y1) in connected_regions(mask, skip, connectivity=4, offset=(c0, r0)):
-        inside = region_pixels(geometry, (x0, y0, x1, y1))
-        window = confidence[y0 - r0:y1 - r0, x0 - c0:x1 - c0]
+    for k, (index, geometry, (x0, y0, x1, y1)) in enumerate(regions, start=1):
         border = (x0 == c0 and c0 > 0) or (x1 == c1 and c1 < width) or (y0 == r0 and r0 > 0) or \
             (y1 == r1 and r1 < height)
-        pieces.append({"class": index, "geometry": geometry, "pixels": int(inside.sum()),
-                       "confidence_sum": float(window[inside].sum()) / 255.0, "border": bool(border)})
+        if not border and pixels[k] < min_area:
+            continue
+        pieces.append({"class": index, "geometry": geometry, "box": (x0, y0, x1, y1), "pixels": int(pixels[k]),
+                       "confidence_sum": float(confidence_sums[k]), "border": bool(border)})
     return pieces
 
 
@@ -84,8 +103,8 @@ def merge_pieces(pieces: list) -> list:
             totals[k][0] += piece["pixels"]
             totals[k][1] += piece["confidence_sum"]
         for part, (pixels, confidence_sum) in zip(parts, totals):
-            regions.append({"class": index, "geometry": mapping(part), "pixels": pixels,
-                            "confidence_sum": confidence_sum, "border": False})
+            regions.append({"class": index, "geometry": mapping(part), "box": tuple(int(v) for v in part.bounds),
+                            "pixels": pixels, "confidence_sum": confidence_sum, "border": False})
     return regions
 
 
@@ -100,7 +119,7 @@ def feature_collection(regions: list, class_names, transform=None, crs: str = ""
         transform = None
     features = []
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d) if transform is not None else 1.0
-    for region in sorted(regions, key=lambda r: (r["class"], -r["pixels"], shape(r["geometry"]).bounds)):
+    for region in sorted(regions, key=lambda r: (r["class"], -r["pixels"], tuple(r["box"]))):
         if region["pixels"] < max(min_area, 1):
             continue
         geometry = shape(region["geometry"])
