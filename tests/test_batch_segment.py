@@ -392,6 +392,20 @@ def test_a_remote_raster_is_read_window_by_window(pointwise_model, tmp_path, gcs
     assert np.array_equal(mask, np.asarray(model(image[None].astype("float32"))).argmax(-1)[0])
 
 
+def averaged_read(bands, valid, shape):
+    """bands [h, w, C] (invalid where ``valid`` is False) decimated to ``shape`` by GDAL's
+    averaging read, from an in-memory GeoTIFF without overviews: a COG overview's reference."""
+    from rasterio.enums import Resampling
+    from rasterio.io import MemoryFile
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no georeferencing
+        with MemoryFile() as memory, memory.open(driver="GTiff", height=bands.shape[0], width=bands.shape[1],
+                                                 count=bands.shape[2], dtype="uint8") as plain:
+            plain.write(bands.transpose(2, 0, 1).astype(np.uint8))
+            plain.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+            return plain.read(out_shape=(bands.shape[2], *shape), resampling=Resampling.average, masked=True)
+
+
 def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(pointwise_model, tmp_path, testdata):
     """--scores: OUT/scores/REL.png for a photo, a COG for a GeoTIFF (the input's grid, 0 where it
     is nodata); a raster cut into a grid of chunks gives the scores of one whole pass. --scores
@@ -428,6 +442,12 @@ def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(poi
     softmax = keras.ops.convert_to_numpy(keras.ops.softmax(model(image[None].astype("float32")), axis=-1))[0]
     top = softmax.max(-1)
     assert np.abs(a[~nodata] - np.round(top[~nodata] * 255)).max() <= 1  # a pointwise model: blending changes nothing
+    # the overviews: the scores' first one is their average (GDAL's decimating read of the full
+    # resolution, nodata left out, from a file without overviews)
+    with rasterio.open(tmp_path / "chunked/scores/landsat.tif", overview_level=0) as overview:
+        coarse = overview.read()
+    average = averaged_read(a[..., None], ~nodata, coarse.shape[1:])
+    assert (~average.mask).sum() > 50_000 and np.abs(coarse.astype(int) - average.filled(0)).max() <= 1
     # --scores all: a band per class named by it, the model's softmax x 255, the input's nodata in the mask
     for name in ("landsat", "photo"):
         valid, errors, _ = cog_validate(str(tmp_path / f"chunked/probabilities/{name}.tif"))
@@ -440,6 +460,10 @@ def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(poi
     assert np.abs(probabilities[valid] - np.round(softmax[valid] * 255)).max() <= 1
     assert np.abs(probabilities.max(-1)[valid] - a[valid]).max() <= 1  # the top-class scores: the largest band
     assert np.all(probabilities[~valid] == 0)
+    with rasterio.open(tmp_path / "chunked/probabilities/landsat.tif", overview_level=0) as overview:
+        coarse = overview.read()
+    average = averaged_read(probabilities, valid, coarse.shape[1:])
+    assert np.abs(coarse.astype(int) - average.filled(0))[~average.mask].max() <= 1
     photo_softmax = keras.ops.convert_to_numpy(keras.ops.softmax(model(
         np.asarray(Image.open(inputs / "photo.png"))[None].astype("float32")), axis=-1))[0]
     with rasterio.open(tmp_path / "chunked/probabilities/photo.tif") as src:
@@ -448,6 +472,27 @@ def test_scores_are_the_top_class_probability_and_chunks_stitch_into_one_cog(poi
     item = json.loads((tmp_path / "chunked/stac/items/landsat.json").read_text())
     assert (tmp_path / "chunked/stac/items" / item["assets"]["probabilities"]["href"]).resolve() == \
         (tmp_path / "chunked/probabilities/landsat.tif").resolve()
+
+
+def test_mask_cog_overviews_hold_only_the_masks_classes(tmp_path):
+    """A mask COG's overviews are class ids found in the mask at every level: columns of
+    classes 0 and 2 (a pixel wide) give no 1, which any interpolating resampling would."""
+    import rasterio
+    from pipelines.common import palette, rasters
+    from rasterio.transform import from_origin
+    mask = np.zeros((1024, 1024), np.uint8)
+    mask[:, ::2] = 2
+    mask[:16, :16] = 255  # nodata
+    info = rasters.ImageInfo(source="stripes.tif", rel="stripes", kind="geotiff", height=1024, width=1024,
+                             crs="EPSG:32618", transform=tuple(from_origin(500000, 4000000, 30, 30))[:6])
+    local = rasters.write_geotiff_mask(str(tmp_path / "stripes.tif"), info, [(0, 0, mask)], palette.geotiff_colormap(3))
+    with rasterio.open(tmp_path / "stripes.tif") as src:
+        assert src.overviews(1) == [2, 4]
+        assert np.array_equal(src.read(1), mask)
+    for level in (0, 1):
+        with rasterio.open(tmp_path / "stripes.tif", overview_level=level) as overview:
+            assert set(np.unique(overview.read(1))) <= {0, 2, 255}, level
+    shutil.rmtree(local.rsplit("/", 1)[0])
 
 
 def test_stac_items_for_segmented_geotiffs_validate_and_name_the_grid_and_classes(pointwise_model, tmp_path, testdata):

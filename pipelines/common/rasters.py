@@ -127,15 +127,39 @@ def write_png(path: str, mask: np.ndarray) -> None:
     write_atomic(path, image_checks.encode_mask_png(mask), "image/png")
 
 
+# How the GeoTIFFs nobody keeps are compressed: the plain file a COG is converted from and a
+# chunk's part files. ZSTD at level 1 writes about as fast as no compression (deflate made
+# writing the plain file a quarter of a 16384^2 mask's COG time) while a mask still shrinks
+# several-fold on local disk and in the shuffle's storage.
+SCRATCH_COMPRESSION = dict(compress="zstd", zstd_level=1)
+
+# How a COG's overviews are computed, per kind of band. A class mask's are the nearest pixel's
+# class: an average of class ids is another class. Scores and probabilities are averaged (the
+# mean confidence of the area an overview pixel covers; nodata and masked pixels left out).
+# Named, never left to GDAL's COG default: that is nearest only for a band with a colour table
+# and cubic otherwise, which overshoots 0-255 scores and is the slowest of the three.
+OVERVIEWS_CLASSES = "nearest"
+OVERVIEWS_SCORES = "average"
+
+
 def mask_profile(info: ImageInfo) -> dict:
     from rasterio.transform import Affine
     return dict(driver="GTiff", height=info.height, width=info.width, count=1, dtype="uint8",
                 crs=info.crs, transform=Affine(*info.transform) if info.transform else None, nodata=IGNORE_INDEX,
-                tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, compress="deflate")
+                tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, **SCRATCH_COMPRESSION)
+
+
+def to_cog(plain: str, cog: str, overviews: str) -> None:
+    """The plain tiled GeoTIFF ``plain`` as a deflated Cloud-Optimized GeoTIFF ``cog``, its
+    overviews resampled with ``overviews`` (GDAL's name: "nearest", "average", ...)."""
+    from rasterio.shutil import copy as rio_copy
+    # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
+    # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
+    rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK, resampling=overviews)
 
 
 def write_plain_tiff(local: str, mask: np.ndarray) -> None:
-    """A uint8 mask [h, w] (or bands [h, w, C]) as a tiled, deflated GeoTIFF without
+    """A uint8 mask [h, w] (or bands [h, w, C]) as a tiled, lightly compressed GeoTIFF without
     georeferencing (a chunk's part file)."""
     import rasterio
     import warnings
@@ -144,7 +168,8 @@ def write_plain_tiff(local: str, mask: np.ndarray) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(local, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1], count=len(bands),
-                           dtype="uint8", tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK, compress="deflate") as dst:
+                           dtype="uint8", tiled=True, blockxsize=MASK_BLOCK, blockysize=MASK_BLOCK,
+                           **SCRATCH_COMPRESSION) as dst:
             dst.write(bands)
 
 
@@ -157,12 +182,13 @@ def open_part(path: str):
         return open_raster(path)
 
 
-def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict | None, nodata: int = IGNORE_INDEX) -> str:
+def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict | None, nodata: int = IGNORE_INDEX,
+                       overviews: str = OVERVIEWS_CLASSES) -> str:
     """Writes mask windows [(row, col, uint8 array)] one at a time into a tiled GeoTIFF with the
-    input's CRS and transform, converts it to a Cloud-Optimized GeoTIFF and moves it to ``path``
-    atomically. Returns the local COG's path for further reading (the caller deletes its folder)."""
+    input's CRS and transform, converts it to a Cloud-Optimized GeoTIFF (overviews resampled with
+    ``overviews``) and moves it to ``path`` atomically. Returns the local COG's path for further
+    reading (the caller deletes its folder)."""
     import rasterio
-    from rasterio.shutil import copy as rio_copy
     from rasterio.windows import Window
     limit_gdal_cache()
     workdir = tempfile.mkdtemp(prefix="segpipe-mask-")
@@ -173,9 +199,7 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict | Non
         if colormap is not None:
             dst.write_colormap(1, colormap)
     cog = os.path.join(workdir, "cog.tif")
-    # No fallback to the plain GeoTIFF: a user asked for a COG, and a GDAL without the COG driver
-    # (GDAL < 3.1) is an installation to fix, reported as this input's error record.
-    rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK)
+    to_cog(plain, cog, overviews)
     from pipelines.common.storage import upload_atomic
     upload_atomic(cog, path, "image/tiff")
     return cog
@@ -186,13 +210,12 @@ def write_geotiff_bands(path: str, info: ImageInfo, windows, band_names) -> str:
     GeoTIFF with the input's CRS and transform (none for a photo), each band described by its name
     in ``band_names`` and the invalid pixels in an internal mask (GDAL's per-dataset mask: every
     value 0-255 of a band is data, so no nodata value can say it), converts it to a
-    Cloud-Optimized GeoTIFF and moves it to ``path`` atomically. Returns the local COG's path (the
+    Cloud-Optimized GeoTIFF (averaged overviews) and moves it to ``path`` atomically. Returns the local COG's path (the
     caller deletes its folder)."""
     import warnings
 
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
-    from rasterio.shutil import copy as rio_copy
     from rasterio.windows import Window
     limit_gdal_cache()
     workdir = tempfile.mkdtemp(prefix="segpipe-bands-")
@@ -208,7 +231,7 @@ def write_geotiff_bands(path: str, info: ImageInfo, windows, band_names) -> str:
                 dst.write(data.transpose(2, 0, 1), window=window)
                 dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
         cog = os.path.join(workdir, "cog.tif")
-        rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK)
+        to_cog(plain, cog, OVERVIEWS_SCORES)
     from pipelines.common.storage import upload_atomic
     upload_atomic(cog, path, "image/tiff")
     return cog

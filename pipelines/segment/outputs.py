@@ -161,7 +161,8 @@ class ChunkWriter:
         shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         if self.spec.scores:
             local = rasters.write_geotiff_mask(scores_path(self.spec, chunk.rel, "geotiff"), chunk.info,
-                                               [(0, 0, confidence)], None, SCORES_NODATA)
+                                               [(0, 0, confidence)], None, SCORES_NODATA,
+                                               rasters.OVERVIEWS_SCORES)
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         if self.spec.scores == "all":
             self._write_probabilities(chunk.info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
@@ -272,7 +273,7 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
         if spec.scores:
             local = rasters.write_geotiff_mask(scores_path(spec, rel, "geotiff"), info,
                                                _merged_bands(info, parts, "scores_path", SCORES_NODATA), None,
-                                               SCORES_NODATA)
+                                               SCORES_NODATA, rasters.OVERVIEWS_SCORES)
             shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         if spec.scores == "all":
             windows = ((top, col, probabilities, mask != IGNORE_INDEX) for (top, col, mask), (_, _, probabilities)
