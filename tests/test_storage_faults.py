@@ -161,7 +161,7 @@ def test_when_storage_fails_for_good_the_job_stops_with_one_line_naming_the_obje
     argv = {"coco": ["dataset", "coco", "--annotations", f"{prefix}/coco/annotations/test_coco.json",
                      "--images", f"{prefix}/coco/images", "--output_dir", out],
             "segment": ["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
-                        "--output_dir", out, "--tile_size", "32", "--chunk_size", "32"],
+                        "--output_dir", out, "--tile_size", "32", "--chunk_size", "48"],
             "masks": ["dataset", "masks", "--images", f"{prefix}/kitti/image_2/*.png", "--masks",
                       f"{prefix}/kitti/gt_image_2/*.png", "--mask_colors", str(local / "colors.json"),
                       "--output_dir", out, *KITTI_KEYS]}[job]
@@ -209,7 +209,7 @@ def test_a_job_whose_final_copies_fail_for_good_leaves_nothing_half_written(
     prefix, _ = remote_inputs
     out = f"{prefix}/dead-segment-copies"
     line = fails_with_one_line(["segment", "--model", f"{prefix}/model", "--input", f"{prefix}/photos/*",
-                                "--output_dir", out, "--tile_size", "32", "--chunk_size", "32"],
+                                "--output_dir", out, "--tile_size", "32", "--chunk_size", "48"],
                                storage_faults, capsys, copies, ("503",))
     assert f"could not write {out}/" in line or f"could not write under {out}" in line, line
     left = tree(out)
