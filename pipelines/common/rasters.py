@@ -129,8 +129,8 @@ def write_png(path: str, mask: np.ndarray) -> None:
 
 # How the GeoTIFFs nobody keeps are compressed: the plain file a COG is converted from and a
 # chunk's part files. ZSTD at level 1 writes about as fast as no compression (deflate made
-# writing the plain file a quarter of a 16384^2 mask's COG time) while a mask still shrinks
-# several-fold on local disk and in the shuffle's storage.
+# writing the plain file a quarter of a 16384^2 mask's COG time) and still compresses what lies
+# on local disk and, for the parts, in the output's storage.
 SCRATCH_COMPRESSION = dict(compress="zstd", zstd_level=1)
 
 # How a COG's overviews are computed, per kind of band. A class mask's are the nearest pixel's

@@ -79,6 +79,21 @@ def vectors_path(spec: OutputSpec, rel: str) -> str:
     return f"{spec.output_dir}/vectors/{rel}{VECTOR_FORMATS[spec.vector_format][0]}"
 
 
+def write_scores(spec: OutputSpec, info, windows) -> None:
+    """A GeoTIFF's top-class scores, windows [(row, col, uint8 array)], as its scores COG
+    (nodata SCORES_NODATA, averaged overviews)."""
+    local = rasters.write_geotiff_mask(scores_path(spec, info.rel, "geotiff"), info, windows, None, SCORES_NODATA,
+                                       rasters.OVERVIEWS_SCORES)
+    shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+
+
+def write_probabilities(spec: OutputSpec, info, windows) -> None:
+    """Every class's probability, windows [(row, col, uint8 [h, w, C], valid [h, w])], as
+    OUT/probabilities/REL.tif."""
+    local = rasters.write_geotiff_bands(probabilities_path(spec, info.rel), info, windows, spec.class_names)
+    shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+
+
 def write_vectors(spec: OutputSpec, rel: str, regions: list, info) -> None:
     from rasterio.transform import Affine
 
@@ -139,7 +154,7 @@ class ChunkWriter:
         if self.spec.scores:
             rasters.write_png(scores_path(self.spec, chunk.rel, "image"), confidence)
         if self.spec.scores == "all":
-            self._write_probabilities(info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
+            write_probabilities(self.spec, info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
         if self.spec.vectors:
             self._write_whole_vectors(info, mask, confidence)
         if self.spec.overlays and job.image is not None:
@@ -149,23 +164,15 @@ class ChunkWriter:
             write_atomic(f"{self.spec.output_dir}/overlays/{chunk.rel}.jpg", buffer.getvalue(), "image/jpeg")
         return self._finish_from_memory(info, path, mask, stats)
 
-    def _write_probabilities(self, info, windows) -> None:
-        local = rasters.write_geotiff_bands(probabilities_path(self.spec, info.rel), info, windows,
-                                            self.spec.class_names)
-        shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
-
     def _write_raster(self, chunk: Chunk, mask, stats, confidence=None, probabilities=None) -> dict:
         path = mask_path(self.spec, chunk.rel, "geotiff")
         local = rasters.write_geotiff_mask(path, chunk.info, [(0, 0, mask)],
                                            palette.geotiff_colormap(len(self.spec.class_names)))
         shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
         if self.spec.scores:
-            local = rasters.write_geotiff_mask(scores_path(self.spec, chunk.rel, "geotiff"), chunk.info,
-                                               [(0, 0, confidence)], None, SCORES_NODATA,
-                                               rasters.OVERVIEWS_SCORES)
-            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+            write_scores(self.spec, chunk.info, [(0, 0, confidence)])
         if self.spec.scores == "all":
-            self._write_probabilities(chunk.info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
+            write_probabilities(self.spec, chunk.info, [(0, 0, probabilities, mask != IGNORE_INDEX)])
         if self.spec.vectors:
             self._write_whole_vectors(chunk.info, mask, confidence)
         return self._finish_from_memory(chunk.info, path, mask, stats)
@@ -271,16 +278,12 @@ def merge_parts(spec: OutputSpec, rel: str, outcomes: list) -> dict:
             pieces = [piece for p in parts for piece in vectors.read_pieces(p["vectors_path"])]
             write_vectors(spec, rel, vectors.merge_pieces(pieces), info)
         if spec.scores:
-            local = rasters.write_geotiff_mask(scores_path(spec, rel, "geotiff"), info,
-                                               _merged_bands(info, parts, "scores_path", SCORES_NODATA), None,
-                                               SCORES_NODATA, rasters.OVERVIEWS_SCORES)
-            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+            write_scores(spec, info, _merged_bands(info, parts, "scores_path", SCORES_NODATA))
         if spec.scores == "all":
             windows = ((top, col, probabilities, mask != IGNORE_INDEX) for (top, col, mask), (_, _, probabilities)
                        in zip(_merged_bands(info, parts), _merged_bands(info, parts, "probabilities_path", 0,
                                                                         len(spec.class_names))))
-            local = rasters.write_geotiff_bands(probabilities_path(spec, rel), info, windows, spec.class_names)
-            shutil.rmtree(posixpath.dirname(local), ignore_errors=True)
+            write_probabilities(spec, info, windows)
         return {"record": finish_input(spec, info, path, totals, runs)}
     except Exception as e:
         return {"error": write_failure(first.source, e)}
