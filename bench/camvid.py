@@ -119,13 +119,20 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list):
     return TrainingClock()
 
 
-def plan(out: str, config, num_classes: int, budget_s: float) -> dict:
+def plan(out: str, config, num_classes: int, budget_s: float, fixed_steps: int = 0) -> dict:
     """The step budget (the LR schedule runs to zero at the last step) for ``budget_s`` of training,
-    measured once and kept in plan.json so that a resumed run keeps its schedule."""
+    measured once and kept in plan.json so that a resumed run keeps its schedule; ``fixed_steps``
+    instead: that many steps whatever the host's pace (ablations compared step for step)."""
     path = f"{out}/plan.json"
     if os.path.exists(path):
         with open(path) as handle:
             return json.load(handle)
+    if fixed_steps:
+        result = {"max_steps": fixed_steps, "epochs": math.ceil(fixed_steps / config.steps_per_epoch),
+                  "fixed_steps": True}
+        with open(path, "w") as handle:
+            json.dump(result, handle, indent=2)
+        return result
     seconds = probe_seconds_per_step(config, num_classes)
     # 0.78: the input pipeline shares the cores with the steps and validation runs after each
     # epoch; a step of a whole run took 0.82 s against the probe's 0.65 on one 2-core machine
@@ -148,17 +155,30 @@ def machine() -> dict:
             "gpus": len(tf.config.list_physical_devices("GPU")), "tensorflow": tf.__version__}
 
 
-def score(model_path: str, data_dir: str, names: list) -> dict:
+def score(model_path: str, data_dir: str, names: list, split: str = "test") -> dict:
     import keras
 
     from segmodel.evaluate import evaluate
     from segmodel.exported import register_custom_objects
     register_custom_objects()
     model = keras.models.load_model(model_path, compile=False)
-    result = evaluate(model, data_dir, names, split="test")
-    if result["images"] != SPLITS["test"]:
-        raise SystemExit(f"{model_path}: {result['images']} test images scored, expected {SPLITS['test']}")
+    result = evaluate(model, data_dir, names, split=split)
+    if result["images"] != SPLITS[split]:
+        raise SystemExit(f"{model_path}: {result['images']} {split} images scored, expected {SPLITS[split]}")
     return result
+
+
+def scored(model_path: str, data: dict, names: list, model: str, training: str, val: bool = False) -> dict:
+    """A table row: the model's test figures, and with ``val`` its val figures too (what an
+    ablation is judged on: nothing is chosen on the test frames)."""
+    keys = ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")
+    result = score(model_path, data["test"], names)
+    row = {"model": model, "training": training, **{k: result[k] for k in keys},
+           "iou": result["per_class_iou"], "images": result["images"]}
+    if val:
+        on_val = score(model_path, data["val"], names, split="val")
+        row["val"] = {**{k: on_val[k] for k in keys}, "iou": on_val["per_class_iou"], "images": on_val["images"]}
+    return row
 
 
 def table(rows: list, names: list) -> str:
@@ -181,6 +201,9 @@ def main(argv=None):
     parser.add_argument("--camvid", default=None, help="the CamVid folder (default: ../shared/testdata/camvid)")
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "bench_output", "camvid"))
     parser.add_argument("--minutes", default="15,30,60,120", help="points of training time; training stops at the last")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train exactly this many steps instead of filling the time budget (ablations: "
+                             "the same steps on any host; training still stops at the last --minutes point)")
     parser.add_argument("--config", default="camvid", help="the training preset")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a preset field (e.g. --set class_weights=false), for ablations")
@@ -201,7 +224,7 @@ def main(argv=None):
     config = config_from_args(train_parser().parse_args(train_argv))
     with open(f"{data['train']}/classes.json") as handle:
         names = [c["name"] for c in json.load(handle)["classes"]]
-    budget = plan(out, config, len(names), points[-1])
+    budget = plan(out, config, len(names), points[-1], args.steps)
     import dataclasses
     config = dataclasses.replace(config, max_steps=budget["max_steps"], epochs=budget["epochs"])
     LOG.info("plan: %s", budget)
@@ -223,21 +246,18 @@ def main(argv=None):
         if args.showcase:
             showcase(out, source, data)
         return report
+    label = " ".join([f"segpipe --config {args.config}"] + [f"--{item}" for item in args.set])
     rows = []
     for point in points:
         name = f"at_{point / 60:g}min"
         info = clock_state["snapshots"][name]
-        result = score(f"{out}/snapshots/{name}.keras", data["test"], names)
-        rows.append({"model": f"segpipe --config {args.config} ({name.replace('_', ' ')})",
-                     "training": f"{info['elapsed_s'] / 60:.0f} min, step {info['step']}",
-                     **{k: result[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy",
-                                               "frequency_weighted_iou")},
-                     "iou": result["per_class_iou"], "images": result["images"]})
-    chosen = score(f"{out}/model/model.keras", data["test"], names)
+        # the step budget ran out before the clock reached the point: the row is the whole run
+        when = name.replace("_", " ") if info["elapsed_s"] >= point else f"all {info['step']} steps"
+        rows.append(scored(f"{out}/snapshots/{name}.keras", data, names, f"{label} ({when})",
+                           f"{info['elapsed_s'] / 60:.0f} min, step {info['step']}", val=point == points[-1]))
     history = open(f"{out}/model/history.csv").read().splitlines()
-    rows.append({"model": f"segpipe --config {args.config} (best on val)", "training": "chosen on the 101 val frames",
-                 **{k: chosen[k] for k in ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")},
-                 "iou": chosen["per_class_iou"], "images": chosen["images"]})
+    rows.append(scored(f"{out}/model/model.keras", data, names, f"{label} (best on val)",
+                       "chosen on the 101 val frames", val=True))
     for model, value in PUBLISHED:
         rows.append({"model": model, "training": "published", "mean_iou": value, "pixel_accuracy": None,
                      "mean_accuracy": None, "frequency_weighted_iou": None})
@@ -269,6 +289,10 @@ def print_report(report: dict, names: list) -> None:
             print(f"{row['model']}: mean IoU {row['mean_iou']:.3f} (target 0.55: {'met' if row['mean_iou'] >= 0.55 else 'not met'}); "
                   f"thin classes >= 0.30: {'all' if min(thin.values()) >= 0.30 else 'not all'} "
                   f"({', '.join(f'{n} {v:.2f}' for n, v in thin.items())})")
+        if row.get("val"):
+            val = row["val"]
+            print(f"  on val ({val['images']} frames): mean IoU {val['mean_iou']:.3f}; "
+                  + ", ".join(f"{n} {val['iou'][n]:.2f}" for n in names if val["iou"][n] is not None))
 
 
 def showcase(out: str, source: str, data: dict) -> str:

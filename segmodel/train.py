@@ -322,7 +322,10 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
         val_ds = val_steps = None
     weights = None
     if config.class_weights:
-        weights = class_weights_from_stats(f"{dataset.dataset_dir(train_data)}/stats.json", num_classes)
+        weights = class_weights_from_stats(f"{dataset.dataset_dir(train_data)}/stats.json", num_classes,
+                                           power=config.class_weight_power)
+        LOG.info("class weights (power %g): %s", config.class_weight_power,
+                 ", ".join(f"{name} {w:.3f}" for name, w in zip((c["name"] for c in classes["classes"]), weights)))
     with strategy.scope():
         model = build_model(config, num_classes)
         model.compile(optimizer=make_optimizer(config, total_steps), loss=MaskedCrossEntropy(class_weights=weights),

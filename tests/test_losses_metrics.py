@@ -1,4 +1,6 @@
 """Loss and metrics against plain NumPy."""
+import json
+
 import numpy as np
 
 from segmodel.exported import register_custom_objects
@@ -69,3 +71,17 @@ def test_loss_ignores_255_and_weights_classes():
     w = weights[np.where(valid, labels, 0)] * valid
     weighted = float(MaskedCrossEntropy(class_weights=weights)(labels, logits))
     assert np.isclose(weighted, (nll * w).sum() / w.sum(), rtol=1e-5)
+
+
+def test_class_weights_are_median_frequency_over_frequency_to_the_power(tmp_path):
+    """stats.json's pixel counts 800/100/100/0 (frequencies 0.8, 0.1, 0.1; median 0.1): plain
+    median-frequency balancing (power 1) gives 1/8, 1, 1; power 0.5 their square roots; a class
+    with no pixels keeps weight 1."""
+    from segmodel.losses import class_weights_from_stats
+    names = ["road", "car", "sign", "boat"]
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": [{"name": n} for n in names]}))
+    (tmp_path / "stats.json").write_text(json.dumps({"pixels_per_class": {"road": 800, "car": 100, "sign": 100}}))
+    stats = str(tmp_path / "stats.json")
+    assert np.allclose(class_weights_from_stats(stats, 4, power=1.0), [0.125, 1, 1, 1])
+    assert np.allclose(class_weights_from_stats(stats, 4, power=0.5), [0.35355339, 1, 1, 1])
+    assert np.allclose(class_weights_from_stats(stats, 4), [0.35355339, 1, 1, 1])  # the damped default

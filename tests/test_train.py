@@ -1,6 +1,7 @@
 """Training and evaluation end to end on generated demo scenes (tiny configuration, CPU)."""
 import csv
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -237,13 +238,22 @@ def test_a_backup_cut_short_while_keras_wrote_its_metadata_is_undone_and_trainin
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
 
 
-def test_segpipe_train_exports_the_layout_its_flag_names(demo_dataset, tmp_path):
+def test_segpipe_train_exports_the_layout_its_flag_names(demo_dataset, tmp_path, caplog):
     """--export_layout nchw through the training command: the exported model takes torchvision's
-    [N, 3, H, W] input (0..1, ImageNet mean and std) and returns {"out": [N, C, H, W]}."""
+    [N, 3, H, W] input (0..1, ImageNet mean and std) and returns {"out": [N, C, H, W]}. And
+    --class_weights with --class_weight_power 1 weighs the loss by plain median frequency / frequency
+    of the dataset's stats.json."""
+    caplog.set_level(logging.INFO, logger="segmodel.train")
     train.main(["--progress", "0", "--train_data", str(demo_dataset / "train-*.tfrecord"), "--model_dir",
                 str(tmp_path), "--config", "tiny", "--epochs", "1", "--steps_per_epoch", "1", "--image_size", "64",
-                "--export_layout", "nchw"])
+                "--export_layout", "nchw", "--class_weights", "true", "--class_weight_power", "1"])
     assert json.loads((tmp_path / "train_config.json").read_text())["export_layout"] == "nchw"
+    names = [c["name"] for c in json.loads((demo_dataset / "classes.json").read_text())["classes"]]
+    pixels = json.loads((demo_dataset / "stats.json").read_text())["pixels_per_class"]
+    freq = np.array([pixels[n] for n in names], float) / sum(pixels[n] for n in names)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("class weights")]
+    logged = dict(item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", "))
+    assert np.allclose([float(logged[n]) for n in names], np.median(freq) / freq, atol=1e-3)
     model = keras.models.load_model(tmp_path / "model.keras")
     scores = model(np.zeros((2, 3, 40, 56), np.float32))
     assert set(scores) == {"out"} and tuple(scores["out"].shape) == (2, 4, 40, 56)
