@@ -122,7 +122,8 @@ def segment_handler(config: SegmentConfig) -> ChunkModelHandler:
     return ChunkModelHandler(
         config.model, outputs.ChunkWriter(output_spec(config)), num_classes=len(config.class_names),
         tile_size=config.tile_size, tile_overlap=config.tile_overlap, batch_size=config.batch_size,
-        batch_tiles=config.batch_tiles, precision=config.precision, large_model=config.large_model,
+        batch_tiles=config.batch_tiles, precision=config.precision, tta_scales=config.tta_scales,
+        tta_flip=config.tta_flip, large_model=config.large_model,
         model_copies=config.model_copies)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from segcli import tta
+
 DESCRIPTION = "Score an exported model on segmentation TFRecords at full image size (no resize, no crop)."
 
 
@@ -15,4 +17,5 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--positive_class", default=None,
                         help="class scored as the KITTI road benchmark scores road (MaxF, AP, precision, recall, "
                              "FPR, FNR); automatic for a two-class model")
+    tta.add_arguments(parser)
     return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from segcli import tta
 from segmodel.architectures import INFERENCE_PRECISIONS
 
 # The vector outputs' formats: file suffix and OGR driver.
@@ -65,6 +66,11 @@ class SegmentConfig:
     # float32 by default; bfloat16 measured 1.96x faster for FCN-8s on this project's AVX512-BF16
     # CPUs with 0.024 % of pixels changing class on the demo model (README).
     precision: str = "float32"
+    # Test-time augmentation (segmodel.tta): the image itself by default, since every extra view
+    # is a whole forward pass; scales and flips are chosen on validation data per model
+    # (docs/model.md), e.g. (1, 1.25) with flips for thin classes at 5.1x the compute.
+    tta_scales: tuple = (1.0,)
+    tta_flip: bool = False
     large_model: bool = False
     model_copies: int = 1
 
@@ -91,6 +97,11 @@ class SegmentConfig:
             problems.append(f"scores must be one of {SCORE_OUTPUTS}, got {self.scores!r}")
         if self.precision not in INFERENCE_PRECISIONS:
             problems.append(f"precision must be one of {INFERENCE_PRECISIONS}, got {self.precision!r}")
+        scales = self.tta_scales if isinstance(self.tta_scales, str) else ",".join(map(str, self.tta_scales))
+        try:
+            object.__setattr__(self, "tta_scales", tta.parse_scales(scales))
+        except argparse.ArgumentTypeError as e:
+            problems.append(str(e))
         if len(self.class_names) < 1:
             problems.append("the model has no classes")
         if problems:
@@ -117,6 +128,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="largest side of a raster chunk (rasters are cut into a grid of chunks)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=defaults["precision"],
                         help="bfloat16: ~2x faster on CPUs with AVX512-BF16/AMX, a few pixels differ")
+    tta.add_arguments(parser)
     parser.add_argument("--skip_existing", action="store_true", help="only segment inputs without outputs")
     parser.add_argument("--overlays", action="store_true", help="also write OUT/overlays/REL.jpg")
     parser.add_argument("--vectors", action="store_true", help="also write OUT/segments.gpkg (the job's layer) "

@@ -14,6 +14,7 @@ import tensorflow as tf
 from segcli.evaluate import make_parser
 from segmodel import dataset, metrics, road_metrics
 from segmodel.exported import as_nhwc, class_names, load_exported, model_files
+from segmodel.tta import with_test_time_augmentation
 
 LOG = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = make_parser().parse_args(argv)
     model, names = load_model(args.model)
+    model = with_test_time_augmentation(as_nhwc(model), args.tta_scales, args.tta_flip)
     result = evaluate(model, args.data, names, args.split, args.positive_class)
+    result["test_time_augmentation"] = {"scales": list(args.tta_scales), "flip": args.tta_flip}
     with tf.io.gfile.GFile(args.output, "w") as handle:
         json.dump(result, handle, indent=2)
     print(f"mean IoU {result['mean_iou']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f} "

@@ -78,6 +78,8 @@ def test_settings_are_keyword_only_and_validated_with_clear_messages():
             (lambda: CocoConfig(images_root="i", split="val", val_fraction=0.1), "other than 'val'"),
             (lambda: SegmentConfig(model="m", output_dir="o", class_names=("a",), tile_size=512, tile_overlap=512),
              "tile_overlap must be in [0, tile_size)"),
+            (lambda: SegmentConfig(model="m", output_dir="o", class_names=("a",), tta_scales=(1.0, 1.0)),
+             "--tta_scales takes 1-6 distinct factors"),
             (lambda: TrainConfig(**{**PRESETS["tiny"], "arch": "fcn4s"}), "arch must be one of"),
             (lambda: TrainConfig(min_scale=2.0, max_scale=0.5), "min_scale <= max_scale"),
             (lambda: TrainConfig(image_size=16), "image_size must be at least 32")):

@@ -45,7 +45,8 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
     (Beam's multi-process shared model), what a GPU worker wants; one copy per GPU."""
 
     def __init__(self, model: str, writer: ChunkWriter, *, num_classes: int, tile_size: int, tile_overlap: int,
-                 batch_size: int, batch_tiles: int, precision: str = "float32", large_model: bool = False,
+                 batch_size: int, batch_tiles: int, precision: str = "float32", tta_scales=(1.0,), tta_flip: bool = False,
+                 large_model: bool = False,
                  model_copies: int = 1):
         super().__init__()
         self._confidence_map = bool(writer.spec.scores) or writer.spec.vectors
@@ -53,6 +54,7 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
         self._model, self._writer = model, writer
         self._num_classes, self._tile, self._overlap = num_classes, tile_size, tile_overlap
         self._batch_size, self._batch_tiles, self._precision = batch_size, batch_tiles, precision
+        self._tta_scales, self._tta_flip = tuple(tta_scales), tta_flip
         self._large_model = large_model or model_copies > 1
         self._model_copies = model_copies
 
@@ -62,8 +64,11 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
         from segmodel.exported import load_exported
         from segmodel.fcn import with_precision
         from segmodel.predict import TiledSegmenter
-        LOG.info("loading %s (%s)", self._model, self._precision)
-        model = with_precision(load_exported(self._model, FileSystems.open), self._precision)
+        from segmodel.tta import with_test_time_augmentation
+        LOG.info("loading %s (%s; test-time scales %s%s)", self._model, self._precision, self._tta_scales,
+                 ", flipped" if self._tta_flip else "")
+        model = with_test_time_augmentation(with_precision(load_exported(self._model, FileSystems.open),
+                                                           self._precision), self._tta_scales, self._tta_flip)
         return TiledSegmenter(model, self._num_classes, self._tile, self._overlap, self._batch_size,
                               confidence_map=self._confidence_map, probability_map=self._probability_map)
 
