@@ -339,9 +339,10 @@ def print_report(report: dict, names: list) -> None:
             print(f"  on val ({val['images']} frames): mean IoU {val['mean_iou']:.3f}; "
                   + ", ".join(f"{n} {val['iou'][n]:.2f}" for n in names if val["iou"][n] is not None))
     for candidate in report.get("tta", {}).get("candidates", []):
+        val = candidate["val"]
+        thin = ", ".join(f"{n} {val['iou'][n]:.2f}" for n in THIN)
         print(f"test-time scales {candidate['scales']}{' + flips' if candidate['flip'] else ''}: "
-              f"val mean IoU {candidate['val']['mean_iou']:.3f} "
-              f"({', '.join(f'{n} {candidate['val']['iou'][n]:.2f}' for n in THIN)})")
+              f"val mean IoU {val['mean_iou']:.3f} ({thin})")
 
 
 def showcase(out: str, source: str, data: dict) -> str:
