@@ -97,9 +97,8 @@ class SegmentConfig:
             problems.append(f"scores must be one of {SCORE_OUTPUTS}, got {self.scores!r}")
         if self.precision not in INFERENCE_PRECISIONS:
             problems.append(f"precision must be one of {INFERENCE_PRECISIONS}, got {self.precision!r}")
-        scales = self.tta_scales if isinstance(self.tta_scales, str) else ",".join(map(str, self.tta_scales))
         try:
-            object.__setattr__(self, "tta_scales", tta.parse_scales(scales))
+            object.__setattr__(self, "tta_scales", tta.as_scales(self.tta_scales))
         except argparse.ArgumentTypeError as e:
             problems.append(str(e))
         if len(self.class_names) < 1:

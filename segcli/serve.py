@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from segcli import tta
 from segcli.segment import SegmentConfig
 from segformat.limits import DEFAULT_MAX_PIXELS
 
@@ -44,9 +45,17 @@ class BackendConfig:
     # Tiling as segpipe segment's (its reasons there).
     tile_size: int = SegmentConfig.__dataclass_fields__["tile_size"].default
     batch_size: int = SegmentConfig.__dataclass_fields__["batch_size"].default
+    # Test-time augmentation of the masks the model makes on the request path, as segpipe
+    # segment's (its reasons there; each view is a whole forward pass a labeler waits for).
+    tta_scales: tuple = SegmentConfig.__dataclass_fields__["tta_scales"].default
+    tta_flip: bool = False
 
     def __post_init__(self):
         problems = []
+        try:
+            object.__setattr__(self, "tta_scales", tta.as_scales(self.tta_scales))
+        except argparse.ArgumentTypeError as e:
+            problems.append(str(e))
         if not 0 <= self.port < 65536:
             problems.append(f"port must be in 0..65535 (0: any free port), got {self.port}")
         if min(self.max_image_bytes, self.max_image_pixels, self.max_request_bytes, self.batch_size) < 1:
@@ -78,4 +87,5 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_request_bytes", type=int, default=defaults["max_request_bytes"])
     parser.add_argument("--tile_size", type=int, default=defaults["tile_size"])
     parser.add_argument("--batch_size", type=int, default=defaults["batch_size"], help="tiles per model call")
+    tta.add_arguments(parser)
     return parser

@@ -21,6 +21,12 @@ def parse_scales(text: str) -> tuple:
     return scales
 
 
+def as_scales(value) -> tuple:
+    """A configuration's scales (a sequence of numbers, or the flag's text), checked as
+    parse_scales checks the flag."""
+    return parse_scales(value if isinstance(value, str) else ",".join(map(str, value)))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta_scales", type=parse_scales, default=(1.0,), metavar="S1,S2,...",
                         help="test-time augmentation: average the class probabilities of the image resized by each "

@@ -125,6 +125,17 @@ def test_segment_and_evaluate_predict_through_the_views_their_flags_name(demo_da
         batch_segment.run(["--model", str(model_dir), "--input", f"{inputs}/*.png", "--output_dir",
                            str(tmp_path / "bad"), "--tta_scales", "1,1"])
 
+    # the Label Studio backend's masks from the model on the request path: segment's, views and all
+    from pipelines.labeling.backend import Predictor
+    from segcli.serve import BackendConfig, make_parser
+    args = make_parser().parse_args(["--model", str(model_dir), "--tta_scales", "1,1.25", "--tta_flip"])
+    predictor = Predictor(BackendConfig(**vars(args)))
+    predictor.load()
+    for name in images:
+        served, _, source = predictor.predict(f"{name}.png", lambda: (inputs / f"{name}.png").read_bytes())
+        assert source == "model"
+        assert np.array_equal(served, np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))), name
+
     # segpipe evaluate: the flags score the views, and the metrics say which were used
     def evaluate(*flags):
         out = tmp_path / f"metrics{len(flags)}.json"

@@ -158,6 +158,16 @@ def to_cog(plain: str, cog: str, overviews: str) -> None:
     rio_copy(plain, cog, driver="COG", compress="deflate", blocksize=MASK_BLOCK, resampling=overviews)
 
 
+def publish_cog(plain: str, path: str, overviews: str) -> str:
+    """The plain GeoTIFF ``plain`` as a COG beside it (``to_cog``), moved to ``path`` atomically;
+    returns the local COG's path (the caller deletes the folder)."""
+    from pipelines.common.storage import upload_atomic
+    cog = os.path.join(os.path.dirname(plain), "cog.tif")
+    to_cog(plain, cog, overviews)
+    upload_atomic(cog, path, "image/tiff")
+    return cog
+
+
 def write_plain_tiff(local: str, mask: np.ndarray) -> None:
     """A uint8 mask [h, w] (or bands [h, w, C]) as a tiled, lightly compressed GeoTIFF without
     georeferencing (a chunk's part file)."""
@@ -198,11 +208,7 @@ def write_geotiff_mask(path: str, info: ImageInfo, windows, colormap: dict | Non
             dst.write(data[None], window=Window(col, row, data.shape[1], data.shape[0]))
         if colormap is not None:
             dst.write_colormap(1, colormap)
-    cog = os.path.join(workdir, "cog.tif")
-    to_cog(plain, cog, overviews)
-    from pipelines.common.storage import upload_atomic
-    upload_atomic(cog, path, "image/tiff")
-    return cog
+    return publish_cog(plain, path, overviews)
 
 
 def write_geotiff_bands(path: str, info: ImageInfo, windows, band_names) -> str:
@@ -230,11 +236,7 @@ def write_geotiff_bands(path: str, info: ImageInfo, windows, band_names) -> str:
                 window = Window(col, row, data.shape[1], data.shape[0])
                 dst.write(data.transpose(2, 0, 1), window=window)
                 dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
-        cog = os.path.join(workdir, "cog.tif")
-        to_cog(plain, cog, OVERVIEWS_SCORES)
-    from pipelines.common.storage import upload_atomic
-    upload_atomic(cog, path, "image/tiff")
-    return cog
+        return publish_cog(plain, path, OVERVIEWS_SCORES)  # in the Env: the copy keeps the internal mask
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:

@@ -199,7 +199,9 @@ class Predictor:
         from segcli.segment import default_overlap
         from segmodel.exported import load_exported
         from segmodel.predict import TiledSegmenter
-        model = load_exported(self.config.model, FileSystems.open)
+        from segmodel.tta import with_test_time_augmentation
+        model = with_test_time_augmentation(load_exported(self.config.model, FileSystems.open),
+                                            self.config.tta_scales, self.config.tta_flip)
         tile = self.config.tile_size
         self._segmenter = TiledSegmenter(model, len(self.class_names), tile, default_overlap(tile), self.config.batch_size)
 
