@@ -135,6 +135,16 @@ def test_segment_and_evaluate_predict_through_the_views_their_flags_name(demo_da
         served, _, source = predictor.predict(f"{name}.png", lambda: (inputs / f"{name}.png").read_bytes())
         assert source == "model"
         assert np.array_equal(served, np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))), name
+    # and CVAT's auto-annotation function, with the -p parameters as cvat-cli itself parses them
+    from cvat_cli._internal.parsers import parse_function_parameter
+
+    from pipelines.labeling import cvat_function
+    params = dict(parse_function_parameter(p) for p in (f"model=str:{model_dir}", "tta_scales=str:1,1.25",
+                                                         "tta_flip=bool:true"))
+    function = cvat_function.create(**params)
+    for name in images:
+        mask, _ = function.segment(Image.open(inputs / f"{name}.png"))
+        assert np.array_equal(mask, np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))), name
 
     # segpipe evaluate: the flags score the views, and the metrics say which were used
     def evaluate(*flags):

@@ -2,8 +2,8 @@
 
     cvat-cli --server-host https://cvat.example.com --auth USER task auto-annotate TASK_ID \\
         --function-module pipelines.labeling.cvat_function -p model=str:/path/to/MODEL \\
-        [-p tile_size=int:512] [-p min_area=int:16] [--conf-threshold 0.5] [--conv-mask-to-poly] \\
-        [--allow-unmatched-labels] [--clear-existing]
+        [-p tile_size=int:512] [-p min_area=int:16] [-p tta_scales=str:1,1.25 -p tta_flip=bool:true] \\
+        [--conf-threshold 0.5] [--conv-mask-to-poly] [--allow-unmatched-labels] [--clear-existing]
 
 cvat-sdk's interface (``cvat_sdk.auto_annotation``): ``create(**params)`` builds the function
 from the ``-p`` parameters; its ``spec`` declares one mask label per class of the model (the
@@ -40,15 +40,19 @@ MIN_AREA = 16
 class SegmentationFunction:
     """The detection function (cvat_sdk.auto_annotation.DetectionFunction) over a segpipe model."""
 
-    def __init__(self, model: str, tile_size: int = TILE_SIZE, batch_size: int = BATCH_SIZE, min_area: int = MIN_AREA):
+    def __init__(self, model: str, tile_size: int = TILE_SIZE, batch_size: int = BATCH_SIZE, min_area: int = MIN_AREA,
+                 tta_scales: str = "1", tta_flip: bool = False):
         import cvat_sdk.auto_annotation as cvataa
         from apache_beam.io.filesystems import FileSystems
 
         from pipelines.segment.inference import model_identity
+        from segcli.tta import as_scales
         from segmodel.exported import load_exported
         from segmodel.predict import TiledSegmenter
+        from segmodel.tta import with_test_time_augmentation
         if min_area < 1 or tile_size < 32:
             raise ValueError(f"min_area must be at least 1 and tile_size at least 32, got {min_area}, {tile_size}")
+        scales = as_scales(tta_scales)
         self.class_names, self.model_version = model_identity(model)
         self.min_area = min_area
         background = background_index(self.class_names)
@@ -56,8 +60,9 @@ class SegmentationFunction:
         self.spec = cvataa.DetectionFunctionSpec(labels=[
             cvataa.label_spec(name, index, type="mask") for index, name in enumerate(self.class_names)
             if index not in self.skip])
-        self._segmenter = TiledSegmenter(load_exported(model, FileSystems.open), len(self.class_names), tile_size,
-                                         default_overlap(tile_size), batch_size, confidence_map=True)
+        network = with_test_time_augmentation(load_exported(model, FileSystems.open), scales, tta_flip)
+        self._segmenter = TiledSegmenter(network, len(self.class_names), tile_size, default_overlap(tile_size),
+                                         batch_size, confidence_map=True)
 
     def segment(self, image) -> tuple:
         """(uint8 class mask, uint8 confidence x 255) of a PIL image."""
@@ -91,6 +96,8 @@ class SegmentationFunction:
         return shapes
 
 
-def create(model: str, tile_size: int = TILE_SIZE, batch_size: int = BATCH_SIZE, min_area: int = MIN_AREA) -> SegmentationFunction:
-    """What cvat-cli calls with the ``-p`` parameters (``-p model=str:MODEL``)."""
-    return SegmentationFunction(model, tile_size, batch_size, min_area)
+def create(model: str, tile_size: int = TILE_SIZE, batch_size: int = BATCH_SIZE, min_area: int = MIN_AREA,
+           tta_scales: str = "1", tta_flip: bool = False) -> SegmentationFunction:
+    """What cvat-cli calls with the ``-p`` parameters (``-p model=str:MODEL``; test-time views as
+    ``segpipe segment --tta_scales/--tta_flip``: ``-p tta_scales=str:1,1.25 -p tta_flip=bool:true``)."""
+    return SegmentationFunction(model, tile_size, batch_size, min_area, tta_scales, tta_flip)
