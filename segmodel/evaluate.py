@@ -76,7 +76,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = make_parser().parse_args(argv)
     model, names = load_model(args.model)
-    model = with_test_time_augmentation(as_nhwc(model), args.tta_scales, args.tta_flip)
+    model = with_test_time_augmentation(model, args.tta_scales, args.tta_flip)  # load_exported gives NHWC
     result = evaluate(model, args.data, names, args.split, args.positive_class)
     result["test_time_augmentation"] = {"scales": list(args.tta_scales), "flip": args.tta_flip}
     with tf.io.gfile.GFile(args.output, "w") as handle:

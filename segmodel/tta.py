@@ -57,11 +57,6 @@ class TestTimeAugmentation(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.inner.outputs[0].shape[-1],)
 
 
-def views(scales=(1.0,), flip: bool = False) -> int:
-    """How many times the model runs per image."""
-    return len(tuple(scales)) * (2 if flip else 1)
-
-
 def with_test_time_augmentation(model: keras.Model, scales=(1.0,), flip: bool = False) -> keras.Model:
     """``model`` itself for the single view (scales (1,), no flip); otherwise a model of the same
     interface averaging the views (module docstring). ``model``: the NHWC interface

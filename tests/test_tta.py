@@ -88,10 +88,9 @@ def test_views_average_the_probabilities_of_mirrored_and_rescaled_images():
 
 def test_the_single_view_is_the_model_itself_and_bad_scales_are_refused():
     from segcli.tta import parse_scales
-    from segmodel.tta import views, with_test_time_augmentation
+    from segmodel.tta import with_test_time_augmentation
     model = spatial_model()
     assert with_test_time_augmentation(model, (1.0,), False) is model
-    assert views((1.0, 1.25), True) == 4
     assert parse_scales("1,1.25") == (1.0, 1.25)
     for bad in ("0", "1,1", "x", "", "1,2,3,4,1.5,0.5,0.75"):
         with pytest.raises(Exception):
