@@ -58,10 +58,14 @@ def probe_seconds_per_step(config, num_classes: int, steps: int = 8) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def training_clock(state_path: str, snapshot_dir: str, points_s: list):
+def training_clock(state_path: str, snapshot_dir: str, points_s: list, replan=None, timer=time.perf_counter):
     """A Keras callback that counts training wall time across resumes (clock.json, written after
     each epoch's backup), saves the weights as ``at_<minutes>min.keras`` when the count passes each
-    of ``points_s`` and stops training at the last one."""
+    of ``points_s`` and stops training at the last one.
+
+    Each epoch's end is logged as (epoch, seconds, step) in ``epoch_ends``; ``replan(state)``, when
+    given, is asked after each epoch's backup and returns True when it has re-made the step
+    budget: training then stops (``stopped_to_replan``), without a snapshot, to be resumed with it."""
     import keras
     import tensorflow as tf
 
@@ -74,12 +78,14 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list):
         return {"elapsed_s": 0.0, "snapshots": {}}
 
     class TrainingClock(keras.callbacks.Callback):
+        stopped_to_replan = False
+
         def on_train_begin(self, logs=None):
             self.state = load()
-            self.base, self.start = self.state["elapsed_s"], time.perf_counter()
+            self.base, self.start = self.state["elapsed_s"], timer()
 
         def elapsed(self):
-            return self.base + time.perf_counter() - self.start
+            return self.base + timer() - self.start
 
         def snapshot(self, point):
             name = f"at_{point / 60:g}min"
@@ -100,9 +106,16 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list):
 
         def on_epoch_end(self, epoch, logs=None):
             self.state["epoch"] = epoch + 1
+            self.state.setdefault("epoch_ends", []).append(
+                [epoch + 1, self.elapsed(), int(self.model.optimizer.iterations.numpy())])
             self.save()
+            if replan is not None and not self.model.stop_training and replan(self.state):
+                self.stopped_to_replan = self.model.stop_training = True
 
         def on_train_end(self, logs=None):
+            if self.stopped_to_replan:
+                self.save()
+                return
             # the step budget ran out first: the last point is the trained model, at the time it took
             last = f"at_{points_s[-1] / 60:g}min"
             if last not in self.state["snapshots"]:
@@ -144,6 +157,68 @@ def plan(out: str, config, num_classes: int, budget_s: float, fixed_steps: int =
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
     return result
+
+
+# The step budget is planned once more from the run's own pace after REPLAN_AT of the time budget:
+# the probe's pace is 0.79-0.97 of a whole run's on the hosts measured (the input pipeline and
+# validation share the cores), so the first plan either overruns the clock or ends early. By then
+# the schedule has moved little, so a new last step bends it little. REPLAN_MARGIN: epochs of
+# the same work vary by several percent on one host; a schedule the clock cuts just before zero
+# costs little, one that ends minutes early leaves them unused.
+REPLAN_AT = 0.1
+REPLAN_MARGIN = 0.95
+
+
+def replanned(budget: dict, epoch_ends: list, steps_per_epoch: int) -> dict:
+    """``budget`` (a plan) with its step budget re-made from the run's pace between the first and
+    the last of ``epoch_ends`` ((epoch, seconds, step) of each epoch's end; the first epoch holds
+    the graph's tracing): the steps done plus what the remaining time holds at that pace."""
+    (_, first_s, first_step), (_, now_s, step) = epoch_ends[0], epoch_ends[-1]
+    pace = (now_s - first_s) / (step - first_step)
+    steps = step + max(0, int(REPLAN_MARGIN * (budget["budget_s"] - now_s) / pace))
+    return {**budget, "max_steps": steps, "epochs": math.ceil(steps / steps_per_epoch),
+            "replanned": {"at_step": step, "elapsed_s": now_s, "s_per_step": pace,
+                          "first_max_steps": budget["max_steps"]}}
+
+
+def train_on_the_clock(out: str, data: dict, config, points: list, timer=time.perf_counter, callbacks=()) -> dict:
+    """Trains ``config`` (its step budget from ``out/plan.json``) on the train split, choosing on
+    val, under the training clock; a plan made from the probe (not --steps) is re-made once from
+    the run's own pace after REPLAN_AT of the budget, and training resumes from the epoch's backup
+    with the new last step (weights, optimizer and step count kept; the schedule ends at the new
+    step). Returns the plan trained with."""
+    import dataclasses
+
+    from segmodel.train import train
+    path = f"{out}/plan.json"
+
+    def replan(state):
+        with open(path) as handle:
+            budget = json.load(handle)
+        ends = state.get("epoch_ends", [])
+        if budget.get("fixed_steps") or "replanned" in budget or len(ends) < 2 \
+                or ends[-1][1] < REPLAN_AT * budget["budget_s"]:
+            return False
+        budget = replanned(budget, ends, config.steps_per_epoch)
+        with open(f"{path}.tmp", "w") as handle:
+            json.dump(budget, handle, indent=2)
+        os.replace(f"{path}.tmp", path)
+        LOG.info("re-planned from the run's pace (%.2f s a step): %d steps", budget["replanned"]["s_per_step"],
+                 budget["max_steps"])
+        return True
+
+    while True:
+        with open(path) as handle:
+            budget = json.load(handle)
+        if os.path.exists(f"{out}/model/model.keras"):
+            return budget
+        run_config = dataclasses.replace(config, max_steps=budget["max_steps"], epochs=budget["epochs"])
+        LOG.info("plan: %s", budget)
+        clock = training_clock(f"{out}/clock.json", f"{out}/snapshots", points, replan=replan, timer=timer)
+        train(data["train"], f"{out}/model", run_config, val_data=data["val"], progress=2,
+              extra_callbacks=[clock, *callbacks])
+        if clock.stopped_to_replan:  # not trained yet: what train() exported is the model so far
+            os.remove(f"{out}/model/model.keras")
 
 
 def machine() -> dict:
@@ -222,6 +297,12 @@ def choose_tta(report: dict, out: str, data: dict, names: list) -> dict:
     return report
 
 
+def published_rows() -> list:
+    return [{"model": model, "training": "published", "mean_iou": value, "pixel_accuracy": None,
+             "mean_accuracy": None, "frequency_weighted_iou": None, "iou": iou}
+            for model, value, iou in PUBLISHED]
+
+
 def save_report(report: dict, out: str, names: list) -> None:
     with open(f"{out}/results.json", "w") as handle:
         json.dump(report, handle, indent=2)
@@ -275,20 +356,14 @@ def main(argv=None):
     config = config_from_args(train_parser().parse_args(train_argv))
     with open(f"{data['train']}/classes.json") as handle:
         names = [c["name"] for c in json.load(handle)["classes"]]
-    budget = plan(out, config, len(names), points[-1], args.steps)
+    plan(out, config, len(names), points[-1], args.steps)
+    started = time.time()
+    budget = train_on_the_clock(out, data, config, points)
+    LOG.info("training: %.0f s of wall time in this process", time.time() - started)
     import dataclasses
     config = dataclasses.replace(config, max_steps=budget["max_steps"], epochs=budget["epochs"])
-    LOG.info("plan: %s", budget)
-
-    from segmodel.train import train
-    clock_path = f"{out}/clock.json"
-    clock_state = json.load(open(clock_path)) if os.path.exists(clock_path) else {}
-    if not os.path.exists(f"{out}/model/model.keras"):
-        started = time.time()
-        train(data["train"], f"{out}/model", config, val_data=data["val"], progress=2,
-              extra_callbacks=[training_clock(clock_path, f"{out}/snapshots", points)])
-        LOG.info("training took %.0f s of wall time in this process", time.time() - started)
-        clock_state = json.load(open(clock_path))
+    with open(f"{out}/clock.json") as handle:
+        clock_state = json.load(handle)
 
     if os.path.exists(f"{out}/results.json") and os.path.exists(f"{out}/model/model.keras"):
         with open(f"{out}/results.json") as handle:  # scored before: the same figures
@@ -311,9 +386,7 @@ def main(argv=None):
     history = open(f"{out}/model/history.csv").read().splitlines()
     rows.append(scored(f"{out}/model/model.keras", data, names, f"{label} (best on val)",
                        "chosen on the 101 val frames", val=True))
-    for model, value in PUBLISHED:
-        rows.append({"model": model, "training": "published", "mean_iou": value, "pixel_accuracy": None,
-                     "mean_accuracy": None, "frequency_weighted_iou": None})
+    rows += published_rows()
     report = {"machine": machine(), "config": dataclasses.asdict(config), "plan": budget, "clock": clock_state,
               "datasets": data, "rows": rows, "epochs_logged": len(history) - 1,
               "command": " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))}
@@ -335,7 +408,7 @@ def print_report(report: dict, names: list) -> None:
           f"({report['machine']['cpu']}, {report['machine']['gpus']} GPUs):")
     print(table(report["rows"], names))
     for row in report["rows"]:
-        if row.get("iou"):
+        if row.get("iou") and row["training"] != "published":
             thin = {n: row["iou"][n] for n in THIN}
             print(f"{row['model']}: mean IoU {row['mean_iou']:.3f} (target 0.55: {'met' if row['mean_iou'] >= 0.55 else 'not met'}); "
                   f"thin classes >= 0.30: {'all' if min(thin.values()) >= 0.30 else 'not all'} "
