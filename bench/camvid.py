@@ -19,6 +19,7 @@ chosen on val, beside the published rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -36,40 +37,43 @@ from bench.camvid_data import PUBLISHED, SPLITS, build_datasets, camvid_dir  # n
 LOG = logging.getLogger("bench.camvid")
 
 
-def probe_seconds_per_step(config, num_classes: int, steps: int = 8) -> float:
-    """Seconds per training step of ``config``'s network on random batches of its crop size (after
-    two warm-up steps): the step budget that fills the time budget is planned from it."""
+def clock_rate(initial: float):
+    """A learning-rate schedule whose value is a variable the training clock sets (the optimizer
+    reads it in each step; it adds no optimizer variable, so a backup restores as with poly)."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
-    from segmodel.train import build_model
-    from segmodel.losses import MaskedCrossEntropy
-    model = build_model(config, num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=MaskedCrossEntropy())
-    rng = np.random.default_rng(0)
-    size = config.image_size
-    images = rng.uniform(0, 255, (config.batch_size, size, size, 3)).astype("float32")
-    masks = rng.integers(0, num_classes, (config.batch_size, size, size, 1)).astype("uint8")
-    data = tf.data.Dataset.from_tensors((images, masks)).repeat()
-    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
-    start = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    return (time.perf_counter() - start) / steps
+    @keras.saving.register_keras_serializable(package="segpipe_bench")
+    class ClockRate(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, initial):
+            self.rate = tf.Variable(float(initial), trainable=False, dtype=tf.float32)
+
+        def __call__(self, step):
+            return self.rate.read_value()
+
+        def get_config(self):
+            return {"initial": float(self.rate.numpy())}
+
+    return ClockRate(initial)
 
 
-def training_clock(state_path: str, snapshot_dir: str, points_s: list, replan=None, timer=time.perf_counter):
+def training_clock(state_path: str, snapshot_dir: str, points_s: list, learning_rate: float | None = None,
+                   rate=None, timer=time.perf_counter):
     """A Keras callback that counts training wall time across resumes (clock.json, written after
     each epoch's backup), saves the weights as ``at_<minutes>min.keras`` when the count passes each
     of ``points_s`` and stops training at the last one.
 
-    Each epoch's end is logged as (epoch, seconds, step) in ``epoch_ends``; ``replan(state)``, when
-    given, is asked after each epoch's backup and returns True when it has re-made the step
-    budget: training then stops (``stopped_to_replan``), without a snapshot, to be resumed with it."""
+    With ``learning_rate`` and ``rate`` (a clock_rate the optimizer reads), the clock drives the
+    schedule: before each step ``rate`` is set to the preset's poly decay over the clock instead
+    of the steps,
+    ``learning_rate * (1 - t / T) ** POLY_POWER`` at t seconds of a T-second budget (the last
+    point), so it reaches zero when the time does, however the host's pace varies. Each epoch's
+    end is logged as (epoch, seconds, step) in ``epoch_ends``."""
     import keras
     import tensorflow as tf
 
     from segmodel.exported import save_atomic
+    from segmodel.train import POLY_POWER
 
     def load():
         if tf.io.gfile.exists(state_path):
@@ -78,8 +82,6 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list, replan=No
         return {"elapsed_s": 0.0, "snapshots": {}}
 
     class TrainingClock(keras.callbacks.Callback):
-        stopped_to_replan = False
-
         def on_train_begin(self, logs=None):
             self.state = load()
             self.base, self.start = self.state["elapsed_s"], timer()
@@ -96,6 +98,11 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list, replan=No
             LOG.info("snapshot %s at %.0f s of training, step %d", name, self.elapsed(),
                      self.state["snapshots"][name]["step"])
 
+        def on_train_batch_begin(self, batch, logs=None):
+            if rate is not None:
+                left = max(0.0, 1.0 - self.elapsed() / points_s[-1])
+                rate.rate.assign(learning_rate * left ** POLY_POWER)
+
         def on_train_batch_end(self, batch, logs=None):
             now = self.elapsed()
             for point in points_s:
@@ -109,13 +116,8 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list, replan=No
             self.state.setdefault("epoch_ends", []).append(
                 [epoch + 1, self.elapsed(), int(self.model.optimizer.iterations.numpy())])
             self.save()
-            if replan is not None and not self.model.stop_training and replan(self.state):
-                self.stopped_to_replan = self.model.stop_training = True
 
         def on_train_end(self, logs=None):
-            if self.stopped_to_replan:
-                self.save()
-                return
             # the step budget ran out first: the last point is the trained model, at the time it took
             last = f"at_{points_s[-1] / 60:g}min"
             if last not in self.state["snapshots"]:
@@ -132,10 +134,11 @@ def training_clock(state_path: str, snapshot_dir: str, points_s: list, replan=No
     return TrainingClock()
 
 
-def plan(out: str, config, num_classes: int, budget_s: float, fixed_steps: int = 0) -> dict:
-    """The step budget (the LR schedule runs to zero at the last step) for ``budget_s`` of training,
-    measured once and kept in plan.json so that a resumed run keeps its schedule; ``fixed_steps``
-    instead: that many steps whatever the host's pace (ablations compared step for step)."""
+def plan(out: str, config, budget_s: float, fixed_steps: int = 0) -> dict:
+    """How training is scheduled, kept in plan.json so that a resumed run keeps it: by default the
+    clock drives the learning rate (training_clock) for ``budget_s`` seconds, so the schedule ends
+    with the budget on any host; ``fixed_steps``: the preset's poly decay over that many steps,
+    whatever the host's pace (ablations compared step for step)."""
     path = f"{out}/plan.json"
     if os.path.exists(path):
         with open(path) as handle:
@@ -143,82 +146,38 @@ def plan(out: str, config, num_classes: int, budget_s: float, fixed_steps: int =
     if fixed_steps:
         result = {"max_steps": fixed_steps, "epochs": math.ceil(fixed_steps / config.steps_per_epoch),
                   "fixed_steps": True}
-        with open(path, "w") as handle:
-            json.dump(result, handle, indent=2)
-        return result
-    seconds = probe_seconds_per_step(config, num_classes)
-    # 0.78: the input pipeline shares the cores with the steps and validation runs after each
-    # epoch; a step of a whole run took 0.82 s against the probe's 0.65 on one 2-core machine
-    # (0.79) and 1.46 s against 1.28 on another (0.88). The lower one: a schedule that ends a little
-    # early costs less than one the clock cuts before the learning rate reaches zero.
-    steps = max(config.steps_per_epoch, int(0.78 * budget_s / seconds))
-    result = {"probe_s_per_step": seconds, "max_steps": steps, "budget_s": budget_s,
-              "epochs": math.ceil(steps / config.steps_per_epoch)}
+    else:
+        result = {"schedule": "clock", "budget_s": budget_s, "learning_rate": config.learning_rate}
     with open(path, "w") as handle:
         json.dump(result, handle, indent=2)
     return result
 
 
-# The step budget is planned once more from the run's own pace after REPLAN_AT of the time budget:
-# the probe's pace is 0.79-0.97 of a whole run's on the hosts measured (the input pipeline and
-# validation share the cores), so the first plan either overruns the clock or ends early. By then
-# the schedule has moved little, so a new last step bends it little. REPLAN_MARGIN: epochs of
-# the same work vary by several percent on one host; a schedule the clock cuts just before zero
-# costs little, one that ends minutes early leaves them unused.
-REPLAN_AT = 0.1
-REPLAN_MARGIN = 0.95
-
-
-def replanned(budget: dict, epoch_ends: list, steps_per_epoch: int) -> dict:
-    """``budget`` (a plan) with its step budget re-made from the run's pace between the first and
-    the last of ``epoch_ends`` ((epoch, seconds, step) of each epoch's end; the first epoch holds
-    the graph's tracing): the steps done plus what the remaining time holds at that pace."""
-    (_, first_s, first_step), (_, now_s, step) = epoch_ends[0], epoch_ends[-1]
-    pace = (now_s - first_s) / (step - first_step)
-    steps = step + max(0, int(REPLAN_MARGIN * (budget["budget_s"] - now_s) / pace))
-    return {**budget, "max_steps": steps, "epochs": math.ceil(steps / steps_per_epoch),
-            "replanned": {"at_step": step, "elapsed_s": now_s, "s_per_step": pace,
-                          "first_max_steps": budget["max_steps"]}}
-
-
 def train_on_the_clock(out: str, data: dict, config, points: list, timer=time.perf_counter, callbacks=()) -> dict:
-    """Trains ``config`` (its step budget from ``out/plan.json``) on the train split, choosing on
-    val, under the training clock; a plan made from the probe (not --steps) is re-made once from
-    the run's own pace after REPLAN_AT of the budget, and training resumes from the epoch's backup
-    with the new last step (weights, optimizer and step count kept; the schedule ends at the new
-    step). Returns the plan trained with."""
+    """Trains ``config`` on the train split, choosing on val, under the training clock, as
+    ``out/plan.json`` says (``plan``): with the clock's schedule (a rate the clock sets before
+    each step; no step budget, the clock stops at the last point) or a fixed number of steps.
+    Returns the plan."""
     import dataclasses
 
     from segmodel.train import train
-    path = f"{out}/plan.json"
-
-    def replan(state):
-        with open(path) as handle:
-            budget = json.load(handle)
-        ends = state.get("epoch_ends", [])
-        if budget.get("fixed_steps") or "replanned" in budget or len(ends) < 2 \
-                or ends[-1][1] < REPLAN_AT * budget["budget_s"]:
-            return False
-        budget = replanned(budget, ends, config.steps_per_epoch)
-        with open(f"{path}.tmp", "w") as handle:
-            json.dump(budget, handle, indent=2)
-        os.replace(f"{path}.tmp", path)
-        LOG.info("re-planned from the run's pace (%.2f s a step): %d steps", budget["replanned"]["s_per_step"],
-                 budget["max_steps"])
-        return True
-
-    while True:
-        with open(path) as handle:
-            budget = json.load(handle)
-        if os.path.exists(f"{out}/model/model.keras"):
-            return budget
+    with open(f"{out}/plan.json") as handle:
+        budget = json.load(handle)
+    if os.path.exists(f"{out}/model/model.keras"):
+        return budget
+    if budget.get("schedule") == "clock":
+        # epochs: more than the clock allows (it stops training at the last point)
+        run_config = dataclasses.replace(config, max_steps=0, epochs=10**6)
+        rate = clock_rate(budget["learning_rate"])
+    else:
         run_config = dataclasses.replace(config, max_steps=budget["max_steps"], epochs=budget["epochs"])
-        LOG.info("plan: %s", budget)
-        clock = training_clock(f"{out}/clock.json", f"{out}/snapshots", points, replan=replan, timer=timer)
-        train(data["train"], f"{out}/model", run_config, val_data=data["val"], progress=2,
-              extra_callbacks=[clock, *callbacks])
-        if clock.stopped_to_replan:  # not trained yet: what train() exported is the model so far
-            os.remove(f"{out}/model/model.keras")
+        rate = None
+    LOG.info("plan: %s", budget)
+    clock = training_clock(f"{out}/clock.json", f"{out}/snapshots", points, learning_rate=budget.get("learning_rate"),
+                           rate=rate, timer=timer)
+    train(data["train"], f"{out}/model", run_config, val_data=data["val"], progress=2,
+          extra_callbacks=[clock, *callbacks], learning_rate=rate)
+    return budget
 
 
 def machine() -> dict:
@@ -454,12 +413,10 @@ def main(argv=None):
     config = config_from_args(train_parser().parse_args(train_argv))
     with open(f"{data['train']}/classes.json") as handle:
         names = [c["name"] for c in json.load(handle)["classes"]]
-    plan(out, config, len(names), points[-1], args.steps)
+    plan(out, config, points[-1], args.steps)
     started = time.time()
     budget = train_on_the_clock(out, data, config, points)
     LOG.info("training: %.0f s of wall time in this process", time.time() - started)
-    import dataclasses
-    config = dataclasses.replace(config, max_steps=budget["max_steps"], epochs=budget["epochs"])
     with open(f"{out}/clock.json") as handle:
         clock_state = json.load(handle)
 

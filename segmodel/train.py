@@ -138,10 +138,18 @@ def build_model(config, num_classes: int):
                          backbone_weights=config.backbone_weights, normalization=config.normalization or None)
 
 
-def make_optimizer(config, total_steps: int):
+POLY_POWER = 0.9  # the poly schedule's exponent (DeepLab's): lr * (1 - step / steps) ** 0.9
+
+
+def make_optimizer(config, total_steps: int, learning_rate=None):
+    """The optimizer ``config`` names, its rate on ``config.schedule`` over ``total_steps``, or
+    ``learning_rate`` (a keras LearningRateSchedule) instead: for a caller that steers the rate
+    itself (bench/camvid.py's clock)."""
     lr = config.learning_rate
-    if config.schedule == "poly":
-        lr = keras.optimizers.schedules.PolynomialDecay(lr, max(total_steps, 1), end_learning_rate=0.0, power=0.9)
+    if learning_rate is not None:
+        lr = learning_rate
+    elif config.schedule == "poly":
+        lr = keras.optimizers.schedules.PolynomialDecay(lr, max(total_steps, 1), end_learning_rate=0.0, power=POLY_POWER)
     elif config.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, max(total_steps, 1))
     elif config.schedule != "constant":
@@ -269,7 +277,11 @@ def best_logged(history_csv: str, metric: str):
     return max(values) if values else None
 
 
-def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=(), progress: int = 2) -> dict:
+def train(train_data: str, model_dir: str, config, val_data: str = "", extra_callbacks=(), progress: int = 2,
+          learning_rate=None) -> dict:
+    """Trains ``config`` on ``train_data`` into ``model_dir`` (resuming from its backup), choosing
+    on ``val_data`` when given; ``learning_rate``: a schedule in place of the config's
+    (make_optimizer). Returns the history of this call's epochs."""
 
 
     register_custom_objects()  # best.keras is loaded back at the end
@@ -328,7 +340,7 @@ def train(train_data: str, model_dir: str, config, val_data: str = "", extra_cal
                  ", ".join(f"{name} {w:.3f}" for name, w in zip((c["name"] for c in classes["classes"]), weights)))
     with strategy.scope():
         model = build_model(config, num_classes)
-        model.compile(optimizer=make_optimizer(config, total_steps), loss=MaskedCrossEntropy(class_weights=weights),
+        model.compile(optimizer=make_optimizer(config, total_steps, learning_rate), loss=MaskedCrossEntropy(class_weights=weights),
                       metrics=[ConfusionMatrixMetric(num_classes)])
     multi_worker_workarounds(model, strategy)
 

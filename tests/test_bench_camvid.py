@@ -1,9 +1,8 @@
-"""The CamVid bench: its published rows, and its training clock (the step budget re-made from
-the run's own pace, on generated demo scenes with a clock that ticks by call: the same run on
-any host)."""
+"""The CamVid bench: its published rows, the class offsets it fits on val, and its training
+clock (the learning rate driven by the clock, on generated demo scenes with a clock that ticks
+by step: the same run on any host)."""
 import csv
 import json
-import math
 
 import keras
 import numpy as np
@@ -55,53 +54,49 @@ def test_class_offsets_fitted_on_scores_undo_a_class_held_back():
             assert reference_mean_iou(labels, np.argmax(scores + trial, 1), 3) <= mean_iou + 1e-12, (c, value)
 
 
+class Interrupt(Exception):
+    pass
+
+
 @pytest.mark.slow  # trains (about half a minute)
-def test_the_step_budget_is_planned_again_from_the_runs_own_pace(demo_dataset, tmp_path):
-    """A first plan of 8 steps (a probe that guessed far too slow) for a budget of 60 clock
-    seconds: after a tenth of it the plan is re-made from the pace between epoch ends, training
-    resumes from the backup with it, runs to the new last step and the learning rate follows a
-    schedule that ends there. No snapshot is taken at the stop for the re-plan."""
+def test_the_clock_drives_the_learning_rate_to_zero_at_the_budget_across_a_kill(demo_dataset, tmp_path):
+    """A 30-second budget on a clock that advances one second a step: the rate before each step
+    is the poly decay over the clock (transcribed here), training stops at the budget, a run
+    killed after its third epoch resumes on the same curve, and the snapshots are the models at
+    10 s and at the end."""
     config = TrainConfig(**{**PRESETS["tiny"], "steps_per_epoch": 2, "image_size": 64, "schedule": "poly"})
     data = {"train": str(demo_dataset / "train-*.tfrecord"), "val": str(demo_dataset / "val-*.tfrecord")}
-    (tmp_path / "plan.json").write_text(json.dumps({"max_steps": 8, "epochs": 4, "budget_s": 60.0,
-                                                    "probe_s_per_step": 20.0}))
-    ticks = iter(range(10**6))  # one clock second a call: the pace depends on the code, not the host
+    budget = camvid.plan(str(tmp_path), config, 30.0)
+    assert budget == {"schedule": "clock", "budget_s": 30.0, "learning_rate": config.learning_rate}
 
-    class LearningRates(keras.callbacks.Callback):
-        seen = {}
+    class Time:  # one second a step: the clock reads t = k as step k begins and k + 1 when it ends
+        now = 0.0
+
+    class Tick(keras.callbacks.Callback):  # runs after the clock's callbacks
+        rates = {}
 
         def on_train_batch_begin(self, batch, logs=None):
             step = int(self.model.optimizer.iterations.numpy())
-            LearningRates.seen[step] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            Tick.rates[step] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            Time.now += 1.0
 
-    budget = camvid.train_on_the_clock(str(tmp_path), data, config, [20.0, 60.0], timer=lambda: float(next(ticks)),
-                                       callbacks=[LearningRates()])
+    class KillAfterThirdEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise Interrupt()
 
+    with pytest.raises(Interrupt):
+        camvid.train_on_the_clock(str(tmp_path), data, config, [10.0, 30.0], timer=lambda: Time.now,
+                                  callbacks=[Tick(), KillAfterThirdEpoch()])
+    assert not (tmp_path / "model" / "model.keras").exists()
+    camvid.train_on_the_clock(str(tmp_path), data, config, [10.0, 30.0], timer=lambda: Time.now, callbacks=[Tick()])
+
+    assert sorted(Tick.rates) == list(range(30))  # 6 steps before the kill, 24 after, then the clock stops
+    for step, rate in Tick.rates.items():  # one clock second a step: t = step
+        assert rate == pytest.approx(config.learning_rate * (1 - step / 30) ** 0.9, rel=1e-5), step
     clock = json.loads((tmp_path / "clock.json").read_text())
-    assert json.loads((tmp_path / "plan.json").read_text()) == budget
-    again = budget["replanned"]
-    assert again["first_max_steps"] == 8
-    # the re-plan came at the first epoch end past 6 s (a tenth of 60), from the pace between the
-    # first epoch's end and that one: steps done + 0.95 of the remaining seconds at that pace
-    ends = clock["epoch_ends"]
-    at = next(i for i, end in enumerate(ends) if end[1] >= 6.0)
-    assert at >= 1 and again["at_step"] == ends[at][2] and again["elapsed_s"] == ends[at][1]
-    pace = (ends[at][1] - ends[0][1]) / (ends[at][2] - ends[0][2])
-    assert budget["max_steps"] == ends[at][2] + int(0.95 * (60.0 - ends[at][1]) / pace) > 8
-    assert budget["epochs"] == math.ceil(budget["max_steps"] / 2)
-
-    # trained on to the new last step, epochs numbered on across the resume
+    assert {name: info["step"] for name, info in clock["snapshots"].items()} == {"at_0.166667min": 10,
+                                                                                 "at_0.5min": 30}
     rows = list(csv.DictReader((tmp_path / "model" / "history.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == list(range(budget["epochs"]))
-    assert max(LearningRates.seen) == budget["max_steps"] - 1
-    # poly decay (power 0.9) from the preset's rate: to 8 steps before the re-plan, to the new last step after
-    for step, rate in LearningRates.seen.items():
-        last = 8 if step < again["at_step"] else budget["max_steps"]
-        expected = config.learning_rate * (1 - min(step, last) / last) ** 0.9
-        assert rate == pytest.approx(expected, rel=1e-4, abs=1e-9), (step, last)
-
-    # the snapshots: 20 s on the way; the last point is the trained model, not the model at the re-plan
-    assert set(clock["snapshots"]) == {"at_0.333333min", "at_1min"}
-    assert clock["snapshots"]["at_1min"]["step"] == budget["max_steps"]
-    assert clock["snapshots"]["at_0.333333min"]["step"] < budget["max_steps"]
+    assert [int(r["epoch"]) for r in rows] == list(range(15))
     assert (tmp_path / "model" / "model.keras").exists()
