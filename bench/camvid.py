@@ -7,14 +7,18 @@ budget -> the 233 test frames scored at full 480x360 at fixed points of training
 Each split goes through ``segpipe dataset masks`` with ``examples/camvid_classes.json`` (void 11
 -> 255); training is ``segmodel.train.train`` on the train split, choosing on val (best.keras),
 with a clock that saves a snapshot of the weights at each point of training time (validation
-included: it is part of training) and stops at the last. A killed run resumes where it stopped
+included: it is part of training) and stops at the last. The clock also drives the learning
+rate: the preset's poly decay over the training time, so it ends with the budget on any host
+(``--steps N``: over N steps instead, for ablations). A killed run resumes where it stopped
 when the same command is given again: training from its backup, the clock from clock.json (an
 epoch cut short by the kill is trained again and its time counted once).
 
 Before it prints a figure it checks its own outputs: every split converted without an error
 record (367/101/233 frames), 233 test images scored per model. The output: results.json and
 the table (results.md) under --output_dir, the test figures of each snapshot and of the model
-chosen on val, beside the published rows.
+chosen on val, beside the published rows. Then, for the model chosen on val, ``--tta`` chooses
+test-time views on val and ``--offsets`` fits class score offsets on val; each is scored on
+test as one more row (also on a finished run).
 """
 from __future__ import annotations
 
@@ -476,6 +480,10 @@ def print_report(report: dict, names: list) -> None:
             val = row["val"]
             print(f"  on val ({val['images']} frames): mean IoU {val['mean_iou']:.3f}; "
                   + ", ".join(f"{n} {val['iou'][n]:.2f}" for n in names if val["iou"][n] is not None))
+    if "offsets" in report:
+        fitted = report["offsets"]
+        print(f"class offsets fitted on val: {', '.join(f'{n} {v:+g}' for n, v in fitted['offsets'].items())} "
+              f"(val mean IoU {fitted['val_mean_iou_before']:.3f} -> {fitted['val_mean_iou_after']:.3f})")
     for candidate in report.get("tta", {}).get("candidates", []):
         val = candidate["val"]
         thin = ", ".join(f"{n} {val['iou'][n]:.2f}" for n in THIN)
