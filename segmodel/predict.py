@@ -352,6 +352,23 @@ class _RowBlender:
 PAD_ROWS, PAD_COLS = 64, 128
 
 
+def segmenter_for(model: str, num_classes: int, tile: int, overlap: int, batch_size: int, *, opener=None,
+                  precision: str = "float32", tta_scales=(1.0,), tta_flip: bool = False,
+                  confidence_map: bool = False, probability_map: bool = False) -> TiledSegmenter:
+    """A TiledSegmenter over the exported model at ``model`` (a MODEL folder or .keras file, its
+    files opened with ``opener``: Beam's FileSystems.open reads any filesystem), computing in
+    ``precision`` (segmodel.fcn.with_precision) and seen through the test-time views
+    ``tta_scales``/``tta_flip`` (segmodel.tta): what batch segmentation, the Label Studio backend
+    and the CVAT function each run."""
+    from segmodel.exported import load_exported
+    from segmodel.fcn import with_precision
+    from segmodel.tta import with_test_time_augmentation
+    network = with_test_time_augmentation(with_precision(load_exported(model, opener), precision),
+                                          tta_scales, tta_flip)
+    return TiledSegmenter(network, num_classes, tile, overlap, batch_size, confidence_map=confidence_map,
+                          probability_map=probability_map)
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

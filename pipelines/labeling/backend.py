@@ -197,13 +197,11 @@ class Predictor:
         from apache_beam.io.filesystems import FileSystems
 
         from segcli.segment import default_overlap
-        from segmodel.exported import load_exported
-        from segmodel.predict import TiledSegmenter
-        from segmodel.tta import with_test_time_augmentation
-        model = with_test_time_augmentation(load_exported(self.config.model, FileSystems.open),
-                                            self.config.tta_scales, self.config.tta_flip)
+        from segmodel.predict import segmenter_for
         tile = self.config.tile_size
-        self._segmenter = TiledSegmenter(model, len(self.class_names), tile, default_overlap(tile), self.config.batch_size)
+        self._segmenter = segmenter_for(self.config.model, len(self.class_names), tile, default_overlap(tile),
+                                        self.config.batch_size, opener=FileSystems.open,
+                                        tta_scales=self.config.tta_scales, tta_flip=self.config.tta_flip)
 
     def predict(self, file_name: str, read) -> tuple:
         """(uint8 mask, mean confidence, where it came from) for the image ``read()`` returns."""

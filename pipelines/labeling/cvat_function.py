@@ -47,9 +47,7 @@ class SegmentationFunction:
 
         from pipelines.segment.inference import model_identity
         from segcli.tta import as_scales
-        from segmodel.exported import load_exported
-        from segmodel.predict import TiledSegmenter
-        from segmodel.tta import with_test_time_augmentation
+        from segmodel.predict import segmenter_for
         if min_area < 1 or tile_size < 32:
             raise ValueError(f"min_area must be at least 1 and tile_size at least 32, got {min_area}, {tile_size}")
         scales = as_scales(tta_scales)
@@ -60,9 +58,9 @@ class SegmentationFunction:
         self.spec = cvataa.DetectionFunctionSpec(labels=[
             cvataa.label_spec(name, index, type="mask") for index, name in enumerate(self.class_names)
             if index not in self.skip])
-        network = with_test_time_augmentation(load_exported(model, FileSystems.open), scales, tta_flip)
-        self._segmenter = TiledSegmenter(network, len(self.class_names), tile_size, default_overlap(tile_size),
-                                         batch_size, confidence_map=True)
+        self._segmenter = segmenter_for(model, len(self.class_names), tile_size, default_overlap(tile_size), batch_size,
+                                        opener=FileSystems.open, tta_scales=scales, tta_flip=tta_flip,
+                                        confidence_map=True)
 
     def segment(self, image) -> tuple:
         """(uint8 class mask, uint8 confidence x 255) of a PIL image."""

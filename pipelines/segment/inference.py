@@ -61,16 +61,13 @@ class ChunkModelHandler(ModelHandler[Chunk, PredictionResult, Any]):
     def load_model(self):
         from apache_beam.io.filesystems import FileSystems
 
-        from segmodel.exported import load_exported
-        from segmodel.fcn import with_precision
-        from segmodel.predict import TiledSegmenter
-        from segmodel.tta import with_test_time_augmentation
+        from segmodel.predict import segmenter_for
         LOG.info("loading %s (%s; test-time scales %s%s)", self._model, self._precision, self._tta_scales,
                  ", flipped" if self._tta_flip else "")
-        model = with_test_time_augmentation(with_precision(load_exported(self._model, FileSystems.open),
-                                                           self._precision), self._tta_scales, self._tta_flip)
-        return TiledSegmenter(model, self._num_classes, self._tile, self._overlap, self._batch_size,
-                              confidence_map=self._confidence_map, probability_map=self._probability_map)
+        return segmenter_for(self._model, self._num_classes, self._tile, self._overlap, self._batch_size,
+                             opener=FileSystems.open, precision=self._precision, tta_scales=self._tta_scales,
+                             tta_flip=self._tta_flip, confidence_map=self._confidence_map,
+                             probability_map=self._probability_map)
 
     def run_inference(self, batch: Sequence[Chunk], model, inference_args: Optional[dict] = None
                       ) -> Iterable[PredictionResult]:
